@@ -1,0 +1,27 @@
+"""Option types shared by commands, so every command spells them the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto = CUDA when present).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (each rank adds its rank).")]
+OutputDir = Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Run directory (default: runs/<command>/<timestamp>).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Check inputs and show what would happen; do no heavy work.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info lines on stderr.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty output location.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir.")]
+ConfigFile = Annotated[Optional[Path], typer.Argument(help="YAML config file (optional).", show_default=False)]
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="Dotted key=value overrides, e.g. optim.lr=1e-4.", show_default=False)]
+
+
+def split_config_args(args: list[str] | None) -> tuple[Path | None, list[str]]:
+    """`[cfg.yaml] [k=v ...]` -> (path or None, overrides). A first argument without '=' is the file."""
+    args = list(args or [])
+    if args and "=" not in args[0]:
+        return Path(args[0]), args[1:]
+    return None, args

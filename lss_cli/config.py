@@ -1,0 +1,539 @@
+"""Every configuration of lss_cli, as typed dataclasses, and the one loader they all share.
+
+Precedence: dataclass defaults < YAML file < dotted `key=value` overrides < explicit CLI flags.
+Everything is checked here, before any heavy import: unknown keys (with close-match suggestions),
+wrong types, and cross-field rules (`validate()` methods). The resolved config is dumped to YAML
+next to every run's outputs.
+
+Defaults follow SPEC §3. Where the LSS paper is silent and a value is our reconstruction, the
+comment says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from lss_cli.errors import ConfigError, InputFileError
+
+T = TypeVar("T")
+
+Device = str  # "auto" | "cpu" | "cuda" | "cuda:N"; checked by check_device()
+
+
+def check_device(value: str, key: str = "device") -> None:
+    ok = value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
+    if not ok:
+        raise ConfigError(f"{key}: invalid device {value!r}", hint="use auto, cpu, cuda or cuda:N")
+
+
+def _check(cond: bool, key: str, message: str, hint: str | None = None) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {message}", hint=hint)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes, how it is seeded and which device it uses."""
+
+    output_dir: str | None = None  # run dir; None = runs/<command>/<timestamp>[-name]
+    name: str | None = None  # optional suffix of the default run dir name
+    seed: int = 0  # global seed; each rank uses seed + rank
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    overwrite: bool = False  # allow writing into a non-empty run dir (its old contents are kept)
+    resume: bool = False  # continue the run found in output_dir
+
+    def validate(self) -> None:
+        check_device(self.device, "run.device")
+
+
+# --------------------------------------------------------------------------------------------
+# lss describe
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DescribeConfig:
+    """`lss describe`: LLM-written visual descriptions of each action class."""
+
+    labels: str = "lss530"  # built-in label set name or a text file with one name per line
+    out: str = "descriptions.jsonl"  # JSON Lines output, resumed if it exists
+    prompt: str = "describe_actions_v1"  # a file in prompts/ (name or path)
+    model: str = "gpt-4o-mini"  # model name as the server knows it
+    per_class: int = 10  # descriptions requested per class
+    temperature: float = 0.7  # sampling temperature; some diversity across descriptions helps
+    max_tokens: int = 1024  # completion budget per call
+    base_url: str | None = None  # OpenAI-compatible endpoint; None = OPENAI_BASE_URL or api.openai.com
+    concurrency: int = 8  # requests in flight at once
+    timeout: float = 60.0  # seconds per HTTP request
+    max_retries: int = 6  # retries of one request on 429 / 5xx / timeout / dropped connection
+    max_reasks: int = 2  # re-asks of one class whose reply failed validation
+    limit: int | None = None  # only the first N classes (for trying a prompt)
+    overwrite: bool = False  # start the output file over instead of resuming it
+
+    def validate(self) -> None:
+        _check(self.per_class >= 1, "per_class", "must be >= 1")
+        _check(0.0 <= self.temperature <= 2.0, "temperature", "must be in [0, 2]")
+        _check(self.max_tokens >= 16, "max_tokens", "must be >= 16")
+        _check(self.concurrency >= 1, "concurrency", "must be >= 1")
+        _check(self.timeout > 0, "timeout", "must be > 0")
+        _check(self.max_retries >= 0, "max_retries", "must be >= 0")
+        _check(self.max_reasks >= 0, "max_reasks", "must be >= 0")
+        _check(self.limit is None or self.limit >= 1, "limit", "must be >= 1 when set")
+
+
+# --------------------------------------------------------------------------------------------
+# lss build-concepts
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConceptsConfig:
+    """`lss build-concepts`: category and description banks from the frozen CLIP text tower."""
+
+    labels: str = "lss530"  # category names: built-in label set or a text file
+    descriptions: str | None = None  # descriptions JSONL (from `lss describe` or the synthetic set)
+    out: str = "concepts.safetensors"  # output bank file
+    model: str = "ViT-B-16"  # open_clip model name
+    pretrained: str | None = "openai"  # open_clip tag, local weights file, local-dir:PATH, or null
+    templates: str = "action_templates_v1"  # template set in prompts/ (name or path)
+    extra_words: str | None = None  # extra category-space words, one per line (vocabulary expansion)
+    extra_sentences: str | None = None  # extra description-space sentences without an owner
+    allow_missing: bool = False  # allow categories that have no descriptions
+    batch_size: int = 256  # texts per text-encoder call
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def validate(self) -> None:
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check_device(self.device)
+
+
+# --------------------------------------------------------------------------------------------
+# lss train
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """The video encoder: an open_clip image tower given temporal modelling (SPEC §3.1)."""
+
+    name: str = "ViT-B-16"  # open_clip model name; "lss-tiny" is shipped for CPU smoke runs
+    pretrained: str | None = "openai"  # open_clip tag, local weights file, local-dir:PATH, or null
+    temporal: Literal["divided", "mean"] = "divided"  # divided space-time attention, or mean pooling
+    num_frames: int = 8  # T the temporal position embedding is created for (interpolated otherwise)
+    grad_checkpointing: bool = False  # recompute block activations in backward to save memory
+    compile: bool | None = None  # torch.compile the towers; None = on for CUDA, off on CPU
+
+
+@dataclass
+class DataConfig:
+    """Unlabelled training videos and the loader feeding them."""
+
+    dataset: str = "kinetics400"  # preset: ucf101|hmdb51|kinetics400|kinetics600|list|folder|synthetic
+    root: str = "data/kinetics400"  # dataset root (videos are found relative to it)
+    list_file: str | None = None  # annotation list (for dataset=list, or to override a preset's list)
+    split: str = "train"  # which split of the preset to train on (labels are ignored in training)
+    batch_size: int = 32  # clips per GPU per step
+    num_workers: int = 8  # DataLoader worker processes (each decodes with one FFmpeg thread)
+    seek_mode: Literal["exact", "approximate"] = "approximate"  # approximate is faster on long videos
+    decode_timeout: float = 60.0  # seconds before a hanging decode counts as unreadable
+
+    def validate(self) -> None:
+        _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(self.decode_timeout > 0, "data.decode_timeout", "must be > 0")
+
+
+@dataclass
+class ViewsConfig:
+    """Multi-view sampling for self-distillation (SPEC §3.3)."""
+
+    global_views: int = 2  # V_g: seen by teacher and student
+    global_frames: int = 8  # T_g frames per global view
+    global_size: int = 224  # pixels (square)
+    global_scale: tuple[float, float] = (0.4, 1.0)  # random-resized-crop area range
+    global_span: tuple[float, float] = (0.8, 1.0)  # fraction of the clip a global view covers (reconstruction)
+    local_views: int = 8  # V_l: seen by the student only
+    local_frames: list[int] = field(default_factory=lambda: [8])  # T_l; one value, or one per local view
+    local_size: int = 96  # pixels (square)
+    local_scale: tuple[float, float] = (0.05, 0.4)  # random-resized-crop area range
+    local_span: tuple[float, float] = (0.25, 0.5)  # shorter temporal windows (reconstruction)
+    flip_p: float = 0.5  # horizontal flip probability
+    color_jitter_p: float = 0.8  # probability of colour jitter per view
+    grayscale_p: float = 0.2  # probability of grayscale per view
+
+    def validate(self) -> None:
+        _check(self.global_views >= 1, "views.global_views", "must be >= 1")
+        _check(self.local_views >= 0, "views.local_views", "must be >= 0")
+        _check(self.global_views + self.local_views >= 2, "views", "need at least 2 views in total",
+               hint="distillation compares a teacher view with a different student view")
+        _check(len(self.local_frames) in (1, self.local_views) or self.local_views == 0,
+               "views.local_frames", f"give 1 value or {self.local_views} (one per local view)")
+        for key in ("global_scale", "local_scale", "global_span", "local_span"):
+            lo, hi = getattr(self, key)
+            _check(0.0 < lo <= hi <= 1.0, f"views.{key}", f"need 0 < low <= high <= 1, got ({lo}, {hi})")
+        for key in ("flip_p", "color_jitter_p", "grayscale_p"):
+            _check(0.0 <= getattr(self, key) <= 1.0, f"views.{key}", "must be a probability in [0, 1]")
+
+
+@dataclass
+class LossConfig:
+    """Concept distillation, concept alignment and the uniform prior (SPEC §3.4).
+
+    Temperatures act on cosine scores in [-1, 1]. CLIP's own zero-shot logits are 100 x cosine,
+    i.e. a temperature of 0.01; a softer student (0.01) and a sharper teacher (0.004, DINO's 0.1/0.04
+    ratio) keep the distributions as peaked as CLIP's own, so step 0 starts from CLIP's zero-shot
+    behaviour rather than a near-uniform distribution.
+    """
+
+    concepts: str = "concepts.safetensors"  # concept bank file from `lss build-concepts`
+    student_temp: float = 0.01  # tau_s
+    teacher_temp: float = 0.004  # tau_t after warm-up
+    warmup_teacher_temp: float = 0.004  # tau_t at step 0 (equal = no warm-up)
+    warmup_teacher_temp_epochs: int = 0  # linear warm-up length of tau_t
+    center_momentum: float = 0.9  # m_c of the teacher-score centre
+    w_cd: float = 1.0  # weight of concept distillation (both banks)
+    w_ca: float = 1.0  # weight of concept alignment
+    w_u: float = 0.1  # weight of the uniform prior KL(mean p_s,cat || uniform) (reconstruction)
+    ca_aggregation: Literal["sum", "mean"] = "sum"  # how description probabilities map to categories
+    ca_direction: Literal["both", "desc_to_cat", "cat_to_desc"] = "both"  # which CA terms are used
+
+    def validate(self) -> None:
+        for key in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            _check(getattr(self, key) > 0, f"loss.{key}", "must be > 0")
+        _check(0.0 <= self.center_momentum < 1.0, "loss.center_momentum", "must be in [0, 1)")
+        for key in ("w_cd", "w_ca", "w_u"):
+            _check(getattr(self, key) >= 0, f"loss.{key}", "must be >= 0")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warm-up + cosine schedules (per iteration)."""
+
+    epochs: int = 20  # passes over the training list
+    lr: float = 1e-5  # peak lr of pretrained CLIP weights at a global batch of 256 clips (scaled linearly)
+    temporal_lr: float = 1e-4  # peak lr of the new temporal parameters at global batch 256
+    min_lr: float = 1e-7  # final lr of the cosine schedule
+    warmup_epochs: float = 1.0  # linear lr warm-up
+    weight_decay: float = 0.04  # start of the weight-decay cosine schedule (DINO)
+    weight_decay_end: float = 0.1  # end of the weight-decay schedule
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    clip_grad: float = 3.0  # max gradient norm; 0 disables clipping
+    global_batch: int | None = None  # target clips per optimizer step; gradient accumulation fills it
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "optim.epochs", "must be >= 1")
+        _check(self.lr > 0 and self.temporal_lr > 0, "optim.lr", "learning rates must be > 0")
+        _check(0 <= self.min_lr <= min(self.lr, self.temporal_lr), "optim.min_lr", "must be in [0, lr]")
+        _check(self.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
+        _check(self.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables)")
+        _check(self.global_batch is None or self.global_batch >= 1, "optim.global_batch", "must be >= 1")
+
+
+@dataclass
+class TeacherConfig:
+    """The EMA teacher."""
+
+    momentum: float = 0.996  # EMA momentum at step 0
+    momentum_end: float = 1.0  # momentum at the last step (cosine schedule)
+
+    def validate(self) -> None:
+        _check(0.0 <= self.momentum <= self.momentum_end <= 1.0, "teacher.momentum",
+               "need 0 <= momentum <= momentum_end <= 1")
+
+
+@dataclass
+class LogConfig:
+    """Logging and checkpointing cadence."""
+
+    every: int = 20  # steps between metrics.jsonl lines
+    save_every: int = 1000  # steps between checkpoints (one is always written at the end)
+    keep_last: int = 3  # checkpoints kept on disk (older ones are deleted)
+    tensorboard: bool = False  # also write TensorBoard events (needs the `tensorboard` extra)
+
+    def validate(self) -> None:
+        _check(self.every >= 1, "log.every", "must be >= 1")
+        _check(self.save_every >= 1, "log.save_every", "must be >= 1")
+        _check(self.keep_last >= 1, "log.keep_last", "must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    """`lss train`: LSS self-distillation."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        gb = self.optim.global_batch
+        if gb is not None:
+            _check(gb % self.data.batch_size == 0, "optim.global_batch",
+                   f"must be a multiple of data.batch_size ({self.data.batch_size})",
+                   hint="the remainder cannot be filled by whole accumulation steps")
+
+
+# --------------------------------------------------------------------------------------------
+# lss eval
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalConfig:
+    """`lss eval zero-shot` / `lss eval linear-probe`: protocol and views (SPEC §3.5)."""
+
+    dataset: str = "ucf101"  # ucf101 | hmdb51 | kinetics600-zs | list | folder | synthetic
+    root: str = "data/ucf101"  # dataset root
+    list_file: str | None = None  # annotation list (dataset=list)
+    splits: list[int] = field(default_factory=lambda: [1, 2, 3])  # official splits to evaluate
+    checkpoint: str | None = None  # exported model or training checkpoint; None = plain CLIP baseline
+    model: str = "ViT-B-16"  # CLIP model for the baseline (a checkpoint carries its own)
+    pretrained: str | None = "openai"  # its weights
+    templates: str = "action_templates_v1"  # zero-shot prompt templates (prompts/ name or path)
+    num_frames: int = 8  # frames per view (centres of equal segments)
+    num_clips: int = 1  # temporal views
+    num_crops: int = 1  # spatial views: 1 (centre) or 3 (left/centre/right)
+    features: Literal["pre-proj", "proj"] = "proj"  # linear probe: features before or after the projection
+    batch_size: int = 16  # clips per forward
+    num_workers: int = 4  # decoding workers
+    cache_dir: str | None = None  # feature cache; None = <run dir>/../feature-cache
+    out: str | None = None  # results JSON; None = <run dir>/results.json
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def validate(self) -> None:
+        _check(len(self.splits) >= 1, "splits", "give at least one split")
+        _check(self.num_frames >= 1, "num_frames", "must be >= 1")
+        _check(self.num_clips >= 1, "num_clips", "must be >= 1")
+        _check(self.num_crops in (1, 3), "num_crops", "must be 1 or 3")
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check_device(self.device)
+
+
+# Which dataclass a YAML file is read into, by command (for `lss config show --for`).
+CONFIGS: dict[str, type] = {
+    "train": TrainConfig,
+    "describe": DescribeConfig,
+    "build-concepts": ConceptsConfig,
+    "eval": EvalConfig,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading machinery
+# --------------------------------------------------------------------------------------------
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = (),
+                flags: dict[str, Any] | None = None) -> T:
+    """Build `cls` from defaults < YAML `path` < dotted `overrides` < explicit `flags`, then validate.
+
+    `flags` maps dotted keys to values from CLI options; entries whose value is None (flag not
+    given) are ignored so they do not mask the YAML.
+    """
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(cls, data, key, value)
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _set_dotted(cls, data, key, value)
+    cfg = _build(cls, data, "")
+    validate(cfg)
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"config file not found: {path}", hint="check the path (it is relative to the current directory)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise InputFileError(f"{path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputFileError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", value typed by YAML). Splits on the first `=` only."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"bad override {item!r}", hint="write overrides as key=value, e.g. optim.lr=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw  # not YAML (e.g. "a: b: c"): keep the text; the type check decides
+    return key, value
+
+
+def validate(cfg: Any) -> None:
+    """Run every `validate()` in the tree, children first."""
+    for f in fields(cfg):
+        child = getattr(cfg, f.name)
+        if is_dataclass(child):
+            validate(child)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict (tuples as lists) ready for YAML/JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a config saved with `to_dict` (e.g. from a checkpoint), with the same checks."""
+    cfg = _build(cls, data, "")
+    validate(cfg)
+    return cfg
+
+
+def _unknown_key(key: str, name: str, choices: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(repr(_join(key, c)) for c in close)}?" if close else None
+    valid = ", ".join(choices)
+    return ConfigError(f"unknown config key {_join(key, name)!r} (valid here: {valid})", hint=hint)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _set_dotted(cls: type, data: dict[str, Any], key: str, value: Any) -> None:
+    """Set `data[a][b] = value` for key "a.b", checking every part of the key against the schema."""
+    parts = key.split(".")
+    node, node_cls, prefix = data, cls, ""
+    for i, name in enumerate(parts):
+        hints = get_type_hints(node_cls)
+        if name not in hints:
+            raise _unknown_key(prefix, name, list(hints))
+        if i == len(parts) - 1:
+            node[name] = value
+            return
+        sub_cls = hints[name]
+        if not is_dataclass(sub_cls):
+            raise ConfigError(f"{_join(prefix, name)!r} is a value, not a section; cannot set {key!r}")
+        sub = node.setdefault(name, {})
+        if not isinstance(sub, dict):
+            raise ConfigError(f"{_join(prefix, name)!r} must be a mapping")
+        node, node_cls, prefix = sub, sub_cls, _join(prefix, name)
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str) -> T:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    init_names = [f.name for f in fields(cls) if f.init]
+    kwargs = {}
+    for name, value in data.items():
+        if name not in init_names:
+            raise _unknown_key(prefix, str(name), init_names)
+        kwargs[name] = _coerce(value, hints[name], _join(prefix, name))
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against type `tp`, converting only where lossless (int -> float, list -> tuple)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return value
+    if is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in args)}",
+                          hint=f"did you mean {close[0]!r}?" if close else None)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}", hint=f"write it as [a, b], e.g. {key}=[1,2]")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as text; it is a number to a user
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. run.name=2024: unambiguous as text
+    else:
+        raise TypeError(f"config field {key}: unsupported type {tp!r}")  # a bug in this module
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+__all__ = [
+    "CONFIGS", "ConceptsConfig", "DataConfig", "DescribeConfig", "EvalConfig", "LogConfig",
+    "LossConfig", "ModelConfig", "OptimConfig", "RunConfig", "TeacherConfig", "TrainConfig",
+    "ViewsConfig", "dump_yaml", "from_dict", "load_config", "parse_override", "read_yaml",
+    "to_dict", "validate",
+]

@@ -1,0 +1,1 @@
+"""Video data: decoding (torchcodec), annotation lists, sampling, augmentation, synthetic clips."""

@@ -1,0 +1,1 @@
+"""Models: CLIP loading (the only open_clip importer) and the video encoder built on it."""

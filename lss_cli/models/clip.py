@@ -1,0 +1,152 @@
+"""CLIP loading. This is the only module that imports open_clip.
+
+`pretrained` may be an open_clip tag (`openai`, `laion2b_s34b_b88k`, ...), a local weights file
+(`.safetensors`, `.bin`, `.pt`), a `local-dir:PATH` folder holding `open_clip_config.json` and
+weights, or None for random initialisation (seeded: the same seed gives the same weights).
+
+The package ships a tiny model config, `lss-tiny` (configs/lss-tiny.json), registered with
+open_clip on import, so every command can run on a CPU in seconds without downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+
+from lss_cli.errors import ConfigError, LssError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+open_clip.add_model_config(CONFIG_DIR)
+
+TINY_MODEL = "lss-tiny"
+LOCAL_DIR = "local-dir:"
+
+
+@dataclass
+class Clip:
+    """A loaded CLIP model with what the rest of the code needs to use it correctly."""
+
+    model: Any  # open_clip.CLIP (or CustomTextCLIP); eval mode
+    tokenizer: Any  # callable: list[str] -> LongTensor [N, context_length]
+    name: str  # open_clip model name as given
+    pretrained: str | None  # as given
+    weights_id: str  # provenance: the tag, "sha256:<hex>" of a weights file, or "random-init(seed=S)"
+    mean: tuple[float, float, float]  # image normalisation
+    std: tuple[float, float, float]
+    image_size: int  # the tower's native input resolution
+    context_length: int  # text tokens
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.visual.output_dim)
+
+
+def file_sha256(path: str | Path) -> str:
+    path = Path(path)
+    st = path.stat()
+    return _sha256_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def list_models() -> list[str]:
+    return open_clip.list_models()
+
+
+def list_pretrained(name: str) -> list[str]:
+    return open_clip.list_pretrained_tags_by_model(name)
+
+
+def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str]:
+    """(open_clip model name, open_clip pretrained arg, weights_id). Checks everything checkable."""
+    if pretrained and pretrained.startswith(LOCAL_DIR):
+        folder = Path(pretrained[len(LOCAL_DIR):]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise ConfigError(f"--pretrained {pretrained}: {folder}/open_clip_config.json not found",
+                              hint="a local-dir: folder needs open_clip_config.json and a weights file")
+        weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+        digest = hashlib.sha256("".join(file_sha256(p) for p in weights).encode()).hexdigest()
+        return f"{LOCAL_DIR}{folder}", None, f"local-dir-sha256:{digest}"
+    if name not in open_clip.list_models():
+        import difflib
+
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+        raise ConfigError(f"unknown open_clip model {name!r}",
+                          hint=(f"did you mean {', '.join(close)}? " if close else "")
+                          + f"open_clip.list_models() lists them; {TINY_MODEL!r} is the tiny CPU model")
+    if pretrained is None or pretrained.lower() in ("none", "random"):
+        return name, None, "random-init"
+    path = Path(pretrained).expanduser()
+    if path.suffix in (".safetensors", ".bin", ".pt", ".pth") or os.sep in pretrained:
+        if not path.is_file():
+            raise ConfigError(f"weights file not found: {path}", hint="check --pretrained")
+        return name, str(path), f"sha256:{file_sha256(path)}"
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        raise ConfigError(f"{name!r} has no pretrained tag {pretrained!r}",
+                          hint=f"known tags: {', '.join(tags) or 'none'}; or pass a local weights file")
+    return name, pretrained, pretrained
+
+
+@contextmanager
+def _quiet_logging():
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def load_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", device: str | torch.device = "cpu",
+              precision: str = "fp32", seed: int = 0) -> Clip:
+    """Load an open_clip model for inference (eval mode), with its tokenizer and preprocessing stats."""
+    oc_name, oc_pretrained, weights_id = _resolve(name, pretrained)
+    if weights_id == "random-init":
+        torch.manual_seed(seed)  # random init is reproducible per seed
+        weights_id = f"random-init(seed={seed})"
+    try:
+        with _quiet_logging():  # open_clip/huggingface_hub log every retry; our error says it once
+            model = open_clip.create_model(oc_name, pretrained=oc_pretrained, precision=precision, device=device)
+    except RuntimeError as e:
+        if "download" in str(e).lower() or "hub" in str(e).lower():
+            raise LssError(
+                f"could not fetch the {name} / {pretrained} weights: {e}",
+                hint="offline? download the open_clip weights on a connected machine and pass the file: "
+                "--pretrained /path/to/open_clip_model.safetensors (or local-dir:/path/to/folder)",
+            ) from None
+        raise LssError(f"could not load {name} with weights {pretrained!r}: {e}") from None
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(oc_name)
+    pp = model.visual.preprocess_cfg
+    size = pp.get("size", model.visual.image_size)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return Clip(
+        model=model, tokenizer=tokenizer, name=name, pretrained=pretrained, weights_id=weights_id,
+        mean=tuple(pp["mean"]), std=tuple(pp["std"]), image_size=int(size),
+        context_length=int(getattr(model, "context_length", 77)),
+    )
+
+
+def save_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Write a CLIP state dict as safetensors (the format `load_clip(pretrained=path)` reads)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(path))

@@ -1,0 +1,1 @@
+"""Run directories, seeding, devices, metrics and progress: what every command shares."""
