@@ -1,0 +1,1 @@
+"""Evaluation: feature extraction, zero-shot classification and linear probing (SPEC §3.5)."""
