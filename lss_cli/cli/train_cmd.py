@@ -1,0 +1,81 @@
+"""`lss train` and `lss export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lss_cli.cli import app
+from lss_cli.cli.options import Device, DryRun, Json, OutputDir, Overrides, Overwrite, Quiet, Resume, Seed
+
+
+@app.command("train", context_settings={"help_option_names": ["-h", "--help"]})
+def train(
+    args: Overrides = None,
+    output_dir: OutputDir = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = None,
+    seed: Seed = None,
+    dry_run: DryRun = False,
+    quiet: Quiet = False,
+    json_out: Json = False,
+) -> None:
+    """Self-distil a CLIP image tower into a video model on unlabeled videos (LSS).
+
+    ARGS: an optional YAML config followed by dotted key=value overrides.
+
+    Examples:
+
+        lss train examples/synthetic_tiny.yaml --output-dir runs/train/tiny
+
+        lss train examples/synthetic_tiny.yaml optim.epochs=1 --output-dir runs/train/tiny --overwrite
+
+        lss train examples/synthetic_tiny.yaml --output-dir runs/train/tiny --resume
+
+        torchrun --nproc-per-node 8 -m lss_cli train examples/lss_k400_vitb16.yaml data.root=/data/k400
+    """
+    from lss_cli.cli.options import split_config_args
+    from lss_cli.config import TrainConfig, dump_yaml, load_config
+    from lss_cli.runtime.progress import set_quiet
+
+    set_quiet(quiet)
+    path, overrides = split_config_args(args)
+    cfg = load_config(TrainConfig, path, overrides, flags={
+        "run.output_dir": str(output_dir) if output_dir else None, "run.resume": resume or None,
+        "run.overwrite": overwrite or None, "run.device": device, "run.seed": seed})
+    if dry_run:
+        from lss_cli.train.inputs import check_inputs
+
+        check_inputs(cfg)
+        typer.echo(dump_yaml(cfg), nl=False)
+        return
+    from lss_cli.train.loop import train as run_train
+
+    summary = run_train(cfg)
+    from lss_cli.cli.render import kv_table, print_json, stdout
+
+    if json_out:
+        print_json(summary)
+    elif summary.get("is_main", True):
+        stdout.print(kv_table("Training finished", summary))
+
+
+@app.command("export", context_settings={"help_option_names": ["-h", "--help"]})
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Run dir, its checkpoints/ dir, or a checkpoints/step_* dir.")],
+    out: Annotated[Path, typer.Option("--out", help="Output .safetensors file.")],
+    json_out: Json = False,
+) -> None:
+    """Export the teacher video encoder (+ CLIP's text side) for eval and predict.
+
+    Example: lss export runs/train/tiny --out tiny-video.safetensors
+    """
+    from lss_cli.models.export import export_teacher
+
+    summary = export_teacher(checkpoint, out)
+    from lss_cli.cli.render import kv_table, print_json, stdout
+
+    print_json(summary) if json_out else stdout.print(kv_table("Exported", summary))

@@ -1,0 +1,119 @@
+"""Exported models and the one loader evaluation and prediction use.
+
+An export (`lss export CKPT --out model.safetensors`) is self-contained: the teacher video encoder
+(`video.*`) plus CLIP's text side (`clip.*`, every non-visual CLIP weight), and metadata naming
+the architecture. So a user can evaluate or predict anywhere without the original CLIP weights or
+the training state.
+
+`load_video_model(source)` accepts an exported file, a training checkpoint (a run dir, its
+`checkpoints/` dir or one `step_*` dir), or None = the plain CLIP frame-average baseline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from lss_cli import __version__
+from lss_cli.config import ModelConfig, TrainConfig, from_dict
+from lss_cli.errors import InputFileError, LssError
+
+FORMAT = "lss-video-model/1"
+
+
+@dataclass
+class VideoModel:
+    encoder: torch.nn.Module  # VideoEncoder, eval mode
+    clip: Any  # lss_cli.models.clip.Clip (text tower, tokenizer, mean/std)
+    source: str  # what was loaded ("baseline", a file or a checkpoint path)
+    model_id: str  # identity for caches and results: sha of the weights or the baseline's weights id
+    meta: dict[str, Any]
+
+
+def export_teacher(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write the teacher of a training checkpoint + CLIP's text side as one safetensors file."""
+    from lss_cli.models.clip import load_clip
+    from lss_cli.train.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(checkpoint)
+    cfg = from_dict(TrainConfig, ck.meta["config"])
+    clip = load_clip(cfg.model.name, cfg.model.pretrained, seed=cfg.run.seed)
+    tensors = {f"video.{k}": v.contiguous() for k, v in ck.teacher.items()}
+    tensors.update({f"clip.{k}": v.detach().contiguous().cpu() for k, v in clip.model.state_dict().items()
+                    if not k.startswith("visual.")})
+    meta = {
+        "format": FORMAT, "lss_cli_version": __version__, "step": str(ck.step), "checkpoint": str(ck.path),
+        "model": json.dumps({"name": cfg.model.name, "temporal": cfg.model.temporal,
+                             "num_frames": cfg.model.num_frames}),
+        "clip_weights_id": clip.weights_id, "mean": json.dumps(clip.mean), "std": json.dumps(clip.std),
+        "image_size": str(clip.image_size),
+    }
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(out)
+    return {"out": str(out), "step": ck.step, "tensors": len(tensors), "model": cfg.model.name}
+
+
+def _load_export(path: Path, device: str | torch.device) -> VideoModel:
+    from lss_cli.models.clip import file_sha256, load_clip
+    from lss_cli.models.video import build_video_encoder
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise InputFileError(f"{path} is not an lss video model export (format {meta.get('format')!r})",
+                                 hint="create one with `lss export RUN_DIR --out model.safetensors`")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    m = json.loads(meta["model"])
+    clip = load_clip(m["name"], None)  # architecture only; weights come from the file
+    clip_state = {k[5:]: v for k, v in tensors.items() if k.startswith("clip.")}
+    missing, unexpected = clip.model.load_state_dict(clip_state, strict=False)
+    if unexpected or any(not k.startswith("visual.") for k in missing):
+        raise LssError(f"{path}: text-side weights do not match {m['name']}")
+    clip.weights_id = meta.get("clip_weights_id", clip.weights_id)
+    encoder = build_video_encoder(clip, ModelConfig(name=m["name"], temporal=m["temporal"], num_frames=m["num_frames"]))
+    encoder.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("video.")})
+    return VideoModel(encoder.to(device).eval(), clip, str(path), f"sha256:{file_sha256(path)}", meta)
+
+
+def _load_checkpoint(path: Path, device: str | torch.device) -> VideoModel:
+    from lss_cli.models.clip import load_clip
+    from lss_cli.models.video import build_video_encoder
+    from lss_cli.train.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(path)
+    cfg = from_dict(TrainConfig, ck.meta["config"])
+    clip = load_clip(cfg.model.name, cfg.model.pretrained, seed=cfg.run.seed)
+    encoder = build_video_encoder(clip, cfg.model)
+    encoder.load_state_dict(ck.teacher)
+    from lss_cli.models.clip import file_sha256
+
+    return VideoModel(encoder.to(device).eval(), clip, str(ck.path),
+                      f"ckpt-sha256:{file_sha256(ck.path / 'teacher.safetensors')}", {"step": ck.step})
+
+
+def load_video_model(source: str | Path | None, *, model: str = "ViT-B-16", pretrained: str | None = "openai",
+                     device: str | torch.device = "cpu", seed: int = 0) -> VideoModel:
+    """The model eval/predict run: an export, a training checkpoint, or (None) the CLIP baseline."""
+    if source is None or str(source).lower() in ("none", "baseline"):
+        from lss_cli.models.clip import load_clip
+        from lss_cli.models.video import build_video_encoder
+
+        clip = load_clip(model, pretrained, seed=seed)
+        # temporal="mean": no new parameters, exactly CLIP applied per frame then averaged.
+        encoder = build_video_encoder(clip, ModelConfig(name=model, pretrained=pretrained, temporal="mean"))
+        return VideoModel(encoder.to(device).eval(), clip, "baseline", f"{model}:{clip.weights_id}", {})
+    path = Path(source)
+    if path.is_file() and path.suffix == ".safetensors":
+        return _load_export(path, device)
+    if path.exists():
+        return _load_checkpoint(path, device)
+    raise InputFileError(f"model not found: {path}",
+                         hint="pass an exported .safetensors, a run dir / checkpoint dir, or `none` for the baseline")

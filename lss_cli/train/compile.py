@@ -1,0 +1,48 @@
+"""Guarded `torch.compile`: a compile failure falls back to eager with a warning, never kills a run.
+
+Inductor compiles lazily at the first call, so the guard wraps the call, not `torch.compile`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from lss_cli.runtime.progress import warn
+
+
+def _inductor_workarounds() -> None:
+    # torch 2.11: compiling the 96-px tower crashed in tiling_utils.get_pw_red_splits (AssertionError);
+    # disabling coalesce tiling analysis avoided it (SPEC §5). Harmless where the option is absent.
+    try:
+        import torch._inductor.config as inductor_config
+
+        if hasattr(inductor_config.triton, "coalesce_tiling_analysis"):
+            inductor_config.triton.coalesce_tiling_analysis = False
+    except Exception:  # noqa: BLE001 - a missing private module must not stop training
+        pass
+
+
+class GuardedCompile:
+    """Calls the compiled function; on the first failure warns once and uses `fn` eagerly from then on."""
+
+    def __init__(self, fn: Callable[..., Any], name: str, **compile_kwargs: Any):
+        _inductor_workarounds()
+        self.fn = fn
+        self.name = name
+        self.compiled: Callable[..., Any] | None = torch.compile(fn, **compile_kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - any compiler error means "run eagerly"
+                warn(f"torch.compile of {self.name} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                     "continuing in eager mode")
+                self.compiled = None
+        return self.fn(*args, **kwargs)
+
+
+def maybe_compile(fn: Callable[..., Any], name: str, enabled: bool, **kwargs: Any) -> Callable[..., Any]:
+    return GuardedCompile(fn, name, **kwargs) if enabled else fn
