@@ -594,8 +594,7 @@ def plan_concepts(cfg: ConceptsConfig) -> dict[str, Any]:
             "torn_lines": inputs.sources["descriptions"]["torn_lines"]}
 
 
-def _metadata(cfg: ConceptsConfig, clip: Clip, inputs: ConceptInputs, truncated: list[int],
-              truncated_prompts: int) -> dict[str, Any]:
+def _metadata(clip: Clip, inputs: ConceptInputs, truncated: list[int], truncated_prompts: int) -> dict[str, Any]:
     from lss_cli import __version__
 
     return {
@@ -651,7 +650,7 @@ def build_concepts(cfg: ConceptsConfig) -> dict[str, Any]:
         task = bar.add_task("encoding", total=len(prompts) + len(inputs.description_texts))
         bank = encode_inputs(clip, inputs, cfg.batch_size, progress=lambda n: bar.advance(task, n))
     seconds = time.perf_counter() - start
-    bank.metadata = _metadata(cfg, clip, inputs, truncated, truncated_prompts)
+    bank.metadata = _metadata(clip, inputs, truncated, truncated_prompts)
     save_concept_bank(bank, cfg.out)
     return {**bank_summary(bank, cfg.out), "dropped_duplicates": inputs.dropped_duplicates, "torn_lines": torn,
             "device": str(device), "encode_seconds": round(seconds, 3)}
