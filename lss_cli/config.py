@@ -110,9 +110,10 @@ class ConceptsConfig:
     templates: str = "action_templates_v1"  # template set in prompts/ (name or path)
     extra_words: str | None = None  # extra category-space words, one per line (vocabulary expansion)
     extra_sentences: str | None = None  # extra description-space sentences without an owner
-    allow_missing: bool = False  # allow categories that have no descriptions
+    allow_missing: bool = False  # allow categories without descriptions (concept distillation only)
     batch_size: int = 256  # texts per text-encoder call
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    overwrite: bool = False  # replace an existing `out` file (otherwise refused)
 
     def validate(self) -> None:
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")

@@ -150,3 +150,12 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> None:
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(path))
+
+
+def check_model(name: str, pretrained: str | None) -> str:
+    """Check that `name` / `pretrained` can be loaded, without building the model (for dry runs).
+
+    Returns the weights id `load_clip` will record; for random init it lacks the `(seed=S)` suffix.
+    A local weights file is hashed (cached by size and mtime), not loaded.
+    """
+    return _resolve(name, pretrained)[2]
