@@ -24,7 +24,7 @@ def test_help_lists_commands_quickly_without_torch():
     heavy, seconds = heavy.rsplit(" ", 1)[0], float(line.rsplit(" ", 1)[1])
     assert code == "0"
     assert heavy == "[]", f"lss --help imported {heavy}"
-    for command in ("demo", "config", "data", "labels"):
+    for command in ("demo", "config", "data", "labels", "build-concepts", "concepts"):
         assert command in out.stdout
     assert seconds < 1.0
 

@@ -5,8 +5,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lss_cli.config import (CONFIGS, DescribeConfig, TrainConfig, dump_yaml, from_dict, load_config,
-                            parse_override, to_dict)
+from lss_cli.config import (
+    CONFIGS,
+    DescribeConfig,
+    TrainConfig,
+    dump_yaml,
+    from_dict,
+    load_config,
+    parse_override,
+    to_dict,
+)
 from lss_cli.errors import ConfigError, InputFileError
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -41,7 +41,7 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version_callback, is_eager=True,
+    version: Annotated[bool | None, typer.Option("--version", callback=_version_callback, is_eager=True,
                                                      help="Print the version and exit.")] = None,
 ) -> None:
     """LSS: language-based action concept spaces for video self-supervised learning."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,8 +17,8 @@ app.add_typer(config_app, name="config")
 
 @config_app.command("show")
 def show(
-    file: Annotated[Optional[Path], typer.Argument(help="YAML config (omit to see the defaults).")] = None,
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="Dotted key=value overrides.")] = None,
+    file: Annotated[Path | None, typer.Argument(help="YAML config (omit to see the defaults).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted key=value overrides.")] = None,
     kind: Annotated[str, typer.Option("--for", help="Which command's config: train | describe | build-concepts | eval.")] = "train",
     json_out: Json = False,
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,7 +13,7 @@ from lss_cli.cli.options import Json, Quiet
 
 @app.command("demo")
 def demo(
-    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Where to write (default: runs/demo/<timestamp>).")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where to write (default: runs/demo/<timestamp>).")] = None,
     quiet: Quiet = False,
     json_out: Json = False,
 ) -> None:

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto = CUDA when present).")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (each rank adds its rank).")]
-OutputDir = Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Run directory (default: runs/<command>/<timestamp>).")]
+Seed = Annotated[int | None, typer.Option("--seed", help="Random seed (each rank adds its rank).")]
+OutputDir = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory (default: runs/<command>/<timestamp>).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Check inputs and show what would happen; do no heavy work.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info lines on stderr.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty output location.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir.")]
-ConfigFile = Annotated[Optional[Path], typer.Argument(help="YAML config file (optional).", show_default=False)]
-Overrides = Annotated[Optional[list[str]], typer.Argument(help="Dotted key=value overrides, e.g. optim.lr=1e-4.", show_default=False)]
+ConfigFile = Annotated[Path | None, typer.Argument(help="YAML config file (optional).", show_default=False)]
+Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted key=value overrides, e.g. optim.lr=1e-4.", show_default=False)]
 
 
 def split_config_args(args: list[str] | None) -> tuple[Path | None, list[str]]:

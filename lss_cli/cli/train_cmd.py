@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from lss_cli.cli import app
-from lss_cli.cli.options import Device, DryRun, Json, OutputDir, Overrides, Overwrite, Quiet, Resume, Seed
+from lss_cli.cli.options import DryRun, Json, OutputDir, Overrides, Overwrite, Quiet, Resume, Seed
 
 
 @app.command("train", context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,7 +17,7 @@ def train(
     output_dir: OutputDir = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = None,
     seed: Seed = None,
     dry_run: DryRun = False,
     quiet: Quiet = False,

@@ -28,7 +28,7 @@ def topk_correct(probs: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor, k:
 def per_class_accuracy(correct: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
     totals = torch.bincount(labels, minlength=num_classes)
     hits = torch.bincount(labels[correct], minlength=num_classes)
-    return [float(h) / float(t) if t else None for h, t in zip(hits.tolist(), totals.tolist())]
+    return [float(h) / float(t) if t else None for h, t in zip(hits.tolist(), totals.tolist(), strict=True)]
 
 
 def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -5,7 +5,8 @@ Inductor compiles lazily at the first call, so the guard wraps the call, not `to
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

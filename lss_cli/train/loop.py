@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lss_cli.train.ema import ema_update
+from lss_cli.train.schedules import Schedules, build_schedules
 
 from lss_cli.config import TrainConfig, dump_yaml, to_dict
 from lss_cli.errors import LssError
@@ -31,8 +33,6 @@ from lss_cli.runtime.rundir import default_run_dir, prepare_run_dir, write_run_f
 from lss_cli.runtime.seeding import seed_everything
 from lss_cli.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from lss_cli.train.compile import maybe_compile
-from lss_cli.train.ema import ema_update
-from lss_cli.train.schedules import Schedules, build_schedules
 
 
 class NonFiniteLoss(LssError):
@@ -87,7 +87,7 @@ def _views_to_batches(global_views: torch.Tensor, local_views: Any) -> list[torc
 def _encode_views(forward, groups: list[torch.Tensor], views_per_group: list[int], batch: int) -> torch.Tensor:
     """Run the encoder on each view group and return z as [V, B, D] in view order."""
     out = []
-    for x, v in zip(groups, views_per_group):
+    for x, v in zip(groups, views_per_group, strict=True):
         z = forward(x)  # [B*v, D] (view-major inside the group: b * v + view)
         out.append(z.view(batch, v, -1).transpose(0, 1))  # [v, B, D]
     return torch.cat(out, 0)
@@ -248,10 +248,11 @@ def _run_dir(cfg: TrainConfig, dist: DistInfo) -> Path:
 
 
 def _build_models(cfg: TrainConfig, device: torch.device):
-    from lss_cli.concepts import load_concept_bank
     from lss_cli.losses import LSSLoss
-    from lss_cli.models.clip import load_clip
     from lss_cli.models.video import build_video_encoder
+
+    from lss_cli.concepts import load_concept_bank
+    from lss_cli.models.clip import load_clip
 
     clip = load_clip(cfg.model.name, cfg.model.pretrained, device="cpu", seed=cfg.run.seed)
     bank = load_concept_bank(cfg.loss.concepts, expect_model=cfg.model.name, expect_weights=clip.weights_id)
@@ -266,6 +267,7 @@ def _build_models(cfg: TrainConfig, device: torch.device):
 
 def setup(cfg: TrainConfig) -> Trainer:
     from lss_cli.data.loader import build_train_loader
+
     from lss_cli.runtime.device import resolve_device
 
     device = resolve_device(cfg.run.device)
