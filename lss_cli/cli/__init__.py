@@ -49,7 +49,7 @@ def _root(
 
 def _register() -> None:
     # Import order = order in `lss --help`.
-    from lss_cli.cli import config_cmd, data_cmd, demo_cmd, labels_cmd  # noqa: F401
+    from lss_cli.cli import config_cmd, data_cmd, demo_cmd, describe_cmd, labels_cmd  # noqa: F401
 
     # The eval sub-app is mounted only once it has commands (register only what works).
     if eval_app.registered_commands:
