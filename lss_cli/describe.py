@@ -27,7 +27,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from lss_cli.descriptions import (
     read_state,
     repair_tail,
 )
-from lss_cli.errors import InputFileError
+from lss_cli.errors import InputFileError, LssError
 from lss_cli.labels import load_label_set
 from lss_cli.resources import prompt_path, prompts_dir
 from lss_cli.runtime.progress import log, make_progress, warn
@@ -425,6 +426,11 @@ def _mismatches(records: list[DescriptionRecord], cfg: DescribeConfig, prompt: P
 # --------------------------------------------------------------------------------------------
 
 
+# A run whose first this-many finished classes all failed stops: the prompt or model is broken,
+# and going on would spend requests on every remaining class for nothing.
+EARLY_FAILURES_STOP = 10
+
+
 @dataclass
 class DescribeSummary:
     out: str
@@ -454,7 +460,8 @@ class _Tally:
     reasks: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    fatal: ClassOutcome | None = None
+    fatal: str | None = None  # why the run stopped early
+    fatal_hint: str | None = None
 
     def add(self, o: ClassOutcome) -> None:
         self.calls += o.calls
@@ -468,13 +475,16 @@ def run_describe(cfg: DescribeConfig, env: dict[str, str] | None = None) -> Desc
     """Describe every class of `cfg.labels` not yet in `cfg.out`; append each result as it lands."""
     t0 = time.perf_counter()
     plan = plan_describe(cfg, env)
-    _prepare_output(plan, cfg)
     tally = _Tally()
-    if plan.todo:
-        log(f"describe: {len(plan.todo)} to ask for, {len(plan.done)} already done ({cfg.model})")
-        _run_pool(plan, cfg, tally)
-    else:
-        log(f"describe: all {len(plan.labels)} classes are already in {plan.out}; nothing to do")
+    with _exclusive(plan.out):
+        if plan.out.is_file():  # it may have changed since planning (a run that just ended): re-read
+            plan = plan_describe(cfg, env)
+        _prepare_output(plan, cfg)
+        if plan.todo:
+            log(f"describe: {len(plan.todo)} to ask for, {len(plan.done)} already done ({cfg.model})")
+            _run_pool(plan, cfg, tally)
+        else:
+            log(f"describe: all {len(plan.labels)} classes are already in {plan.out}; nothing to do")
     finished = tally.done + len(tally.failed)
     return DescribeSummary(
         out=str(plan.out), model=cfg.model, endpoint=plan.endpoint.describe(), classes=len(plan.labels),
@@ -482,9 +492,33 @@ def run_describe(cfg: DescribeConfig, env: dict[str, str] | None = None) -> Desc
         not_attempted=len(plan.todo) - finished, calls=tally.calls, retries=tally.retries,
         reasks=tally.reasks, prompt_tokens=tally.prompt_tokens, completion_tokens=tally.completion_tokens,
         wall_s=round(time.perf_counter() - t0, 3),
-        fatal=tally.fatal.error if tally.fatal else None,
-        fatal_hint=_fatal_hint(tally.fatal.status) if tally.fatal else None,
+        fatal=tally.fatal, fatal_hint=tally.fatal_hint,
     )
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One writer per output file: a second run on the same file would pay for the same classes.
+
+    An advisory lock on a hidden sidecar file (`.<out>.lock`, left in place); the OS drops it
+    when the process dies, so a killed run never blocks the next one. No-op where fcntl is missing.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LssError(f"another `lss describe` is writing to {out}",
+                           hint="wait for it to finish (or stop it), or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _prepare_output(plan: DescribePlan, cfg: DescribeConfig) -> None:
@@ -520,9 +554,12 @@ def _run_pool(plan: DescribePlan, cfg: DescribeConfig, tally: _Tally) -> None:
         w.start()
     try:
         _collect(plan, cfg, ctx, results, len(workers), tally)
-    except BaseException:  # Ctrl-C or a bug: stop the workers, keep what already arrived
+    except BaseException as e:  # Ctrl-C or a bug: stop the workers, keep what already arrived
         ctx.stop.set()
         _drain(plan, cfg, results, tally)
+        if isinstance(e, KeyboardInterrupt):
+            warn(f"interrupted: the {tally.done} classes finished by this run are saved in {plan.out}; "
+                 "rerun the same command to continue")
         raise
     finally:
         ctx.stop.set()
@@ -586,18 +623,26 @@ def _handle(plan: DescribePlan, cfg: DescribeConfig, o: ClassOutcome, tally: _Ta
             o.category, o.descriptions, cfg.model, plan.prompt.file, plan.prompt.sha256, cfg.temperature,
             usage=usage))
         tally.done += 1
-    elif o.fatal:
-        # Not this class's fault, so no failure record: the class simply stays undone.
-        if tally.fatal is None:
-            tally.fatal = o
-            warn(f"stopping: {o.error}")
-        if stop is not None:
-            stop.set()
+    elif o.fatal:  # not this class's fault, so no failure record: the class simply stays undone
+        _stop_run(tally, stop, o.error or "unknown error", _fatal_hint(o.status))
     elif not o.stopped:
-        append_record(plan.out, FailedRecord(o.category, o.error or "unknown error", cfg.model,
-                                             plan.prompt.file, plan.prompt.sha256, usage=usage))
-        tally.failed[o.category] = o.error or "unknown error"
-        warn(f"{o.category!r} failed: {o.error}")
+        reason = o.error or "unknown error"
+        append_record(plan.out, FailedRecord(o.category, reason, cfg.model, plan.prompt.file,
+                                             plan.prompt.sha256, usage=usage))
+        tally.failed[o.category] = reason
+        warn(f"{o.category!r} failed: {reason}")
+        if tally.done == 0 and len(tally.failed) == EARLY_FAILURES_STOP:
+            _stop_run(tally, stop, f"the first {EARLY_FAILURES_STOP} classes all failed (last: {reason})",
+                      "the model or prompt does not work as asked: check them on a few classes with "
+                      "--limit 3 (and --dry-run to see the prompt) before spending more requests")
+
+
+def _stop_run(tally: _Tally, stop: threading.Event | None, reason: str, hint: str) -> None:
+    if tally.fatal is None:
+        tally.fatal, tally.fatal_hint = reason, hint
+        warn(f"stopping: {reason}")
+    if stop is not None:
+        stop.set()
 
 
 def _fatal_hint(status: int | None) -> str:

@@ -368,3 +368,49 @@ def test_plan_rejects_bad_inputs(tmp_path):
     with pytest.raises(InputFileError, match="not a file"):
         plan_describe(DescribeConfig(labels="ucf101", out=str(tmp_path / "dir.jsonl"),
                                      base_url="http://127.0.0.1:9/v1"), env={})
+
+
+def test_ctrl_c_exits_130_and_keeps_finished_classes(tmp_path):
+    names = [f"class {i}" for i in range(5)]
+    out = tmp_path / "d.jsonl"
+    with FakeLLM(per_class=3, script={n: [Ok()] for n in names[:2]}, default=Hold()) as server:
+        cfg = fast_cfg(tmp_path, names, server, concurrency=2, timeout=30.0)
+        proc = subprocess.Popen([sys.executable, "-m", "lss_cli", *cli_args(cfg)], cwd=ROOT, text=True,
+                                env={**os.environ, **KEY_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while len(server.requests) < 4 and time.monotonic() < deadline:  # 2 answered, 2 held
+            time.sleep(0.05)
+        while (not out.exists() or out.read_text().count("\n") < 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "interrupted: the 2 classes finished by this run are saved" in err
+    assert sorted(r.category for r in read_records(out)[0]) == names[:2]
+
+
+def test_a_second_run_on_the_same_file_is_refused(tmp_path):
+    from lss_cli.describe import _exclusive
+    from lss_cli.errors import LssError
+
+    with FakeLLM(per_class=3) as server:
+        cfg = fast_cfg(tmp_path, ["a"], server)
+        with _exclusive(Path(cfg.out)):  # as if another process were running
+            with pytest.raises(LssError, match="another `lss describe` is writing"):
+                run_describe(cfg, env=KEY_ENV)
+        assert server.requests == []
+        assert run_describe(cfg, env=KEY_ENV).done == 1  # the lock is released after a run
+
+
+def test_a_broken_model_or_prompt_stops_after_the_first_ten_failures(tmp_path):
+    from lss_cli.describe import EARLY_FAILURES_STOP
+
+    names = [f"c{i:02d}" for i in range(EARLY_FAILURES_STOP + 5)]
+    with FakeLLM(default=Text("I cannot do JSON, sorry.")) as server:
+        s = run_describe(fast_cfg(tmp_path, names, server, concurrency=1, max_reasks=0), env=KEY_ENV)
+    calls = len(server.requests)
+    # One request per failed class, then stop; the one worker may already have sent the next.
+    assert s.calls == calls and EARLY_FAILURES_STOP <= calls <= EARLY_FAILURES_STOP + 1
+    assert len(s.failed) == calls and s.not_attempted == len(names) - calls and s.done == 0
+    assert s.fatal.startswith(f"the first {EARLY_FAILURES_STOP} classes all failed") and "--limit 3" in s.fatal_hint
+    assert sorted(read_state(tmp_path / "d.jsonl").failed) == names[:calls]

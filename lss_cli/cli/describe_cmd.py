@@ -122,6 +122,10 @@ def _exit_status(s) -> None:
     if s.fatal:
         raise LssError(f"stopped early: {s.fatal}", hint=s.fatal_hint)
     if s.failed:
-        listing = "; ".join(f"{c!r}: {why}" for c, why in s.failed.items())
+        shown = list(s.failed.items())[:10]
+        listing = "; ".join(f"{c!r}: {why}" for c, why in shown)
+        rest = list(s.failed)[10:]
+        if rest:  # every name is listed; the reasons of the rest are in the file's failure records
+            listing += f"; and {', '.join(map(repr, rest))} (reasons in {s.out})"
         raise LssError(f"{len(s.failed)} class(es) failed: {listing}",
                        hint="rerun the same command: finished classes are skipped and only these are asked again")
