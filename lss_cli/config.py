@@ -78,9 +78,11 @@ class DescribeConfig:
     concurrency: int = 8  # requests in flight at once
     timeout: float = 60.0  # seconds per HTTP request
     max_retries: int = 6  # retries of one request on 429 / 5xx / timeout / dropped connection
+    retry_base_delay: float = 1.0  # first backoff delay in seconds; doubles per retry, with jitter
+    retry_max_delay: float = 60.0  # cap on one backoff delay, and on a server's Retry-After
     max_reasks: int = 2  # re-asks of one class whose reply failed validation
     limit: int | None = None  # only the first N classes (for trying a prompt)
-    overwrite: bool = False  # start the output file over instead of resuming it
+    overwrite: bool = False  # start the output file over (the old one is kept as <out>.bak)
 
     def validate(self) -> None:
         _check(self.per_class >= 1, "per_class", "must be >= 1")
@@ -89,8 +91,13 @@ class DescribeConfig:
         _check(self.concurrency >= 1, "concurrency", "must be >= 1")
         _check(self.timeout > 0, "timeout", "must be > 0")
         _check(self.max_retries >= 0, "max_retries", "must be >= 0")
+        _check(0 <= self.retry_base_delay <= self.retry_max_delay, "retry_base_delay",
+               "need 0 <= retry_base_delay <= retry_max_delay")
         _check(self.max_reasks >= 0, "max_reasks", "must be >= 0")
         _check(self.limit is None or self.limit >= 1, "limit", "must be >= 1 when set")
+        _check(self.base_url is None or self.base_url.startswith(("http://", "https://")), "base_url",
+               f"{self.base_url!r} is not an http(s) URL", hint="e.g. http://localhost:11434/v1")
+        _check(bool(self.out.strip()), "out", "must name a file")
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,11 @@
 Written by `lss describe` (and by the synthetic dataset generator), read by `lss build-concepts`.
 Records are appended and flushed one at a time, so a crash loses at most the record being written;
 a torn last line is detected on reading and that class is simply done again.
+
+Two kinds of line share the file: a description record (no `status` key; this is all the synthetic
+dataset writes) and a failure record (`"status": "failed"`, with the reason) left by `lss describe`
+for a class it gave up on. Failure records are provenance only: `read_records` skips them, and a
+class that has one is simply not done, so the next run retries it.
 """
 
 from __future__ import annotations
@@ -42,13 +47,80 @@ class DescriptionRecord:
         return cls(**known)
 
 
-def append_record(path: str | Path, record: DescriptionRecord) -> None:
-    """Append one record as a single write of one full line, flushed to disk."""
+FAILED = "failed"  # value of `status` in a failure record
+
+
+@dataclass
+class FailedRecord:
+    """A class `lss describe` gave up on, and why. Not a result: the next run retries the class."""
+
+    category: str  # class name, exactly as in the label set
+    error: str  # the last reason (invalid reply, non-retryable HTTP error, retries exhausted)
+    model: str  # model that was asked
+    prompt_file: str | None = None  # prompt template used
+    prompt_sha256: str | None = None  # sha256 of that template file
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    usage: dict[str, int] | None = None  # tokens and requests spent on the class anyway
+    status: str = FAILED  # marks the line as a failure record
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], where: str) -> FailedRecord:
+        missing = [k for k in ("category", "error", "model") if k not in obj]
+        if missing:
+            raise InputFileError(f"{where}: failure record lacks {', '.join(missing)}")
+        return cls(**{k: v for k, v in obj.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class DescriptionsState:
+    """Everything in a descriptions file: what is done, what failed last, what could not be read."""
+
+    records: dict[str, DescriptionRecord]  # category -> its (latest) record
+    failed: dict[str, FailedRecord]  # category -> latest failure, only for classes with no record
+    bad_lines: int  # torn or unparseable lines (skipped; their classes are not done)
+
+
+def append_record(path: str | Path, record: DescriptionRecord | FailedRecord) -> None:
+    """Append one record as a single write of one full line, flushed to disk.
+
+    If the file ends in a torn line (a crash mid-write), a newline is written first so the new
+    record is never glued onto the broken one.
+    """
     line = json.dumps(asdict(record), ensure_ascii=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
+    with open(path, "a+b") as f:
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode("utf-8"))  # append mode: always at the end, whatever the read position
         f.flush()
         os.fsync(f.fileno())
+
+
+def repair_tail(path: str | Path) -> str | None:
+    """Make the file end on a complete line; return the torn text removed (None if nothing was torn).
+
+    A last line without its newline is either a complete record whose newline was lost (kept; the
+    newline is added) or a write cut short by a crash (removed: it is no result, and its class is
+    done again).
+    """
+    path = Path(path)
+    data = path.read_bytes() if path.is_file() else b""
+    if not data or data.endswith(b"\n"):
+        return None
+    start = data.rfind(b"\n") + 1
+    tail = data[start:]
+    if _parse_line(tail.decode("utf-8", errors="replace"), f"{path}:last line") is not None:
+        with open(path, "ab") as f:
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return None
+    with open(path, "r+b") as f:
+        f.truncate(start)
+        f.flush()
+        os.fsync(f.fileno())
+    return tail.decode("utf-8", errors="replace")
 
 
 def write_records(path: str | Path, records: Iterable[DescriptionRecord]) -> None:
@@ -59,26 +131,50 @@ def write_records(path: str | Path, records: Iterable[DescriptionRecord]) -> Non
     os.replace(tmp, path)
 
 
-def read_records(path: str | Path) -> tuple[list[DescriptionRecord], int]:
-    """All complete records, and how many torn/unparseable lines were skipped.
+def read_state(path: str | Path) -> DescriptionsState:
+    """Parse the whole file: successful records, failures of classes still not done, bad lines.
 
-    A line that does not parse is treated as an interrupted write (only the last line can be torn
-    by our writer; anything else is reported by the count). Later records for the same category
-    replace earlier ones.
+    A line that does not parse is treated as an interrupted write and counted. Later records for
+    the same category replace earlier ones; a success is never undone by a failure record.
     """
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"descriptions file not found: {path}", hint="create it with `lss describe`")
-    by_cat: dict[str, DescriptionRecord] = {}
+    records: dict[str, DescriptionRecord] = {}
+    failed: dict[str, FailedRecord] = {}
     bad = 0
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
+        rec = _parse_line(line, f"{path}:{lineno}")
+        if rec is None:
             bad += 1
-            continue
-        rec = DescriptionRecord.from_json(obj, f"{path}:{lineno}")
-        by_cat[rec.category] = rec
-    return list(by_cat.values()), bad
+        elif isinstance(rec, FailedRecord):
+            if rec.category not in records:
+                failed[rec.category] = rec
+        else:
+            records[rec.category] = rec
+            failed.pop(rec.category, None)
+    return DescriptionsState(records, failed, bad)
+
+
+def read_records(path: str | Path) -> tuple[list[DescriptionRecord], int]:
+    """All complete description records, and how many torn/unparseable lines were skipped.
+
+    Failure records are skipped (they are not results) and not counted as bad lines. Later
+    records for the same category replace earlier ones.
+    """
+    state = read_state(path)
+    return list(state.records.values()), state.bad_lines
+
+
+def _parse_line(line: str, where: str) -> DescriptionRecord | FailedRecord | None:
+    """One line -> a record; None if it is not JSON (a torn write). A JSON line that is not a
+    valid record is an error naming the line: that is someone else's file, not a crash."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(obj, dict) and obj.get("status") == FAILED:
+        return FailedRecord.from_json(obj, where)
+    return DescriptionRecord.from_json(obj, where)

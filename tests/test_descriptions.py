@@ -24,3 +24,38 @@ def test_later_record_wins_and_bad_records_are_named(tmp_path):
     path.write_text('{"category": "x"}\n')
     with pytest.raises(InputFileError, match=r"d.jsonl:1: record lacks descriptions, model"):
         read_records(path)
+
+
+def test_failure_records_are_not_results_and_a_later_success_wins(tmp_path):
+    from lss_cli.descriptions import FailedRecord, read_state
+
+    path = tmp_path / "d.jsonl"
+    append_record(path, FailedRecord("waving", "HTTP 500 (gave up)", "m"))
+    append_record(path, DescriptionRecord("jumping", ["both feet leave the ground"], "m"))
+    assert read_records(path) == ([read_state(path).records["jumping"]], 0)
+    assert read_state(path).failed["waving"].error == "HTTP 500 (gave up)"
+    append_record(path, DescriptionRecord("waving", ["a hand moves"], "m"))
+    append_record(path, FailedRecord("jumping", "late failure", "m"))  # never undoes a success
+    state = read_state(path)
+    assert sorted(state.records) == ["jumping", "waving"] and state.failed == {}
+
+
+def test_append_after_a_torn_line_and_repair_tail(tmp_path):
+    from lss_cli.descriptions import repair_tail
+
+    path = tmp_path / "d.jsonl"
+    append_record(path, DescriptionRecord("waving", ["a hand moves"], "m"))
+    with open(path, "a") as f:
+        f.write('{"category": "jumping", "descr')
+    append_record(path, DescriptionRecord("running", ["legs move fast"], "m"))  # not glued to the torn line
+    assert sorted(r.category for r in read_records(path)[0]) == ["running", "waving"]
+    assert read_records(path)[1] == 1
+
+    with open(path, "a") as f:
+        f.write('{"category": "sitting", "descr')
+    assert repair_tail(path) == '{"category": "sitting", "descr'
+    assert path.read_text().endswith("\n") and repair_tail(path) is None
+    with open(path, "a") as f:  # a complete record that only lost its newline is kept
+        f.write('{"category": "sitting", "descriptions": ["knees bend"], "model": "m"}')
+    assert repair_tail(path) is None
+    assert "sitting" in {r.category for r in read_records(path)[0]} and path.read_text().endswith("\n")

@@ -47,9 +47,15 @@ def _root(
     """LSS: language-based action concept spaces for video self-supervised learning."""
 
 
+COMMAND_MODULES = ("demo_cmd", "describe_cmd", "concepts_cmd", "data_cmd", "labels_cmd", "config_cmd")
+
+
 def _register() -> None:
-    # Import order = order in `lss --help`.
-    from lss_cli.cli import concepts_cmd, config_cmd, data_cmd, demo_cmd, labels_cmd  # noqa: F401
+    # Import order = order in `lss --help` (the pipeline's order, then utilities).
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"lss_cli.cli.{name}")
 
     # The eval sub-app is mounted only once it has commands (register only what works).
     if eval_app.registered_commands:

@@ -159,3 +159,19 @@ def check_model(name: str, pretrained: str | None) -> str:
     A local weights file is hashed (cached by size and mtime), not loaded.
     """
     return _resolve(name, pretrained)[2]
+
+def clip_token_counts(texts: list[str]) -> list[int]:
+    """Tokens each text takes in CLIP's text context (OpenAI BPE, start/end tokens included).
+
+    CLIP reads 77 tokens and silently drops the rest, so `lss describe` uses this to reject
+    descriptions that would be cut. It is the tokenizer of ViT-B-16 and most open_clip models.
+    """
+    tokenizer = _bpe_tokenizer()
+    return [len(tokenizer.encode(t)) + 2 for t in texts]
+
+
+@lru_cache(maxsize=1)
+def _bpe_tokenizer():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()

@@ -1,0 +1,180 @@
+"""The LLM client: one chat-completion call against any OpenAI-compatible server.
+
+This is the only module that imports `openai`. It does no retrying itself (the client is built
+with `max_retries=0`): `lss_cli.describe` owns retries, backoff and call counting, so every HTTP
+request is accounted for. Errors are mapped to three kinds:
+
+- `retry`: worth trying again (429, 408/409, 5xx, timeouts, dropped connections), with the
+  server's Retry-After when it sent one;
+- `class`: this request is bad but others may work (e.g. 400, 422);
+- `fatal`: every request will fail the same way (bad key, no such model, quota used up): stop.
+
+The API key comes from the environment only. It is never logged, never put in a message, and
+`redact()` scrubs it (and anything shaped like an OpenAI key) from the text of server errors,
+which sometimes echo it back.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import email.utils
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import openai
+
+from lss_cli.errors import ConfigError
+
+DEFAULT_HOST = "api.openai.com"
+# What a keyless local server is sent: the client needs some key, local servers ignore it.
+LOCAL_PLACEHOLDER_KEY = "no-key-needed"
+_KEY_SHAPE = re.compile(r"sk-[A-Za-z0-9_\-*.]{6,}")
+
+ErrorKind = Literal["retry", "class", "fatal"]
+
+
+@dataclass
+class Endpoint:
+    """Where requests go. `repr` never shows the key."""
+
+    base_url: str | None  # None = the openai package's default (api.openai.com)
+    api_key: str = field(repr=False)
+    is_default: bool = False  # talking to api.openai.com
+
+    def describe(self) -> str:
+        return self.base_url or f"https://{DEFAULT_HOST}/v1"
+
+
+@dataclass
+class ChatReply:
+    text: str | None  # the assistant message (None when the server sent no content)
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None  # "stop", "length" (cut at max_tokens), ...
+
+
+class LlmCallError(Exception):
+    """One failed request. The message is safe to print (redacted, no key)."""
+
+    def __init__(self, message: str, kind: ErrorKind, retry_after: float | None = None,
+                 status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.retry_after = retry_after  # seconds the server asked us to wait, if it said
+        self.status = status  # HTTP status, None for transport errors
+
+
+def resolve_endpoint(base_url: str | None, env: dict[str, str] | None = None) -> Endpoint:
+    """Endpoint from `base_url` (config/flag) or OPENAI_BASE_URL, key from OPENAI_API_KEY.
+
+    The default endpoint needs a key (ConfigError, exit 2, otherwise); any other base URL works
+    without one (local vLLM / Ollama / llama.cpp servers do not check it).
+    """
+    env = os.environ if env is None else env
+    url = base_url or env.get("OPENAI_BASE_URL") or None
+    key = env.get("OPENAI_API_KEY") or None
+    is_default = url is None or urlparse(url).hostname == DEFAULT_HOST
+    if key is None and is_default:
+        raise ConfigError(
+            "no API key: OPENAI_API_KEY is not set and the endpoint is OpenAI's",
+            hint="export OPENAI_API_KEY=... (it is read from the environment only), or point "
+            "--base-url at a local OpenAI-compatible server, e.g. --base-url http://localhost:11434/v1",
+        )
+    return Endpoint(url, key or LOCAL_PLACEHOLDER_KEY, is_default)
+
+
+def make_client(endpoint: Endpoint, timeout: float) -> Any:
+    """A thread-safe `openai.OpenAI` client; retries are the caller's job (max_retries=0)."""
+    return openai.OpenAI(api_key=endpoint.api_key, base_url=endpoint.base_url, timeout=timeout,
+                         max_retries=0)
+
+
+def chat(client: Any, model: str, messages: list[dict[str, str]], temperature: float,
+         max_tokens: int, secret: str | None = None) -> ChatReply:
+    """One chat-completion request. Raises LlmCallError; `secret` is scrubbed from its message."""
+    try:
+        resp = client.chat.completions.create(model=model, messages=messages, temperature=temperature,
+                                              max_tokens=max_tokens)
+    except openai.APIError as e:
+        raise _classify(e, secret) from None
+    except openai.OpenAIError as e:  # anything else the client rejects about the reply
+        raise LlmCallError(redact(f"unusable reply: {e}", secret), "class") from None
+    if not getattr(resp, "choices", None):
+        raise LlmCallError("the server sent a reply without choices", "class")
+    choice = resp.choices[0]
+    usage = getattr(resp, "usage", None)
+    return ChatReply(
+        text=choice.message.content if choice.message is not None else None,
+        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        finish_reason=choice.finish_reason,
+    )
+
+
+def _classify(e: openai.APIError, secret: str | None) -> LlmCallError:
+    """Map an openai exception to retry / class / fatal, with a short redacted message."""
+    if isinstance(e, openai.APITimeoutError):
+        return LlmCallError("request timed out", "retry")
+    if isinstance(e, openai.APIConnectionError):
+        cause = e.__cause__ or e.__context__
+        detail = f" ({type(cause).__name__})" if cause is not None else ""
+        return LlmCallError(f"connection failed or dropped{detail}", "retry")
+    if not isinstance(e, openai.APIStatusError):  # e.g. a reply that does not fit the schema
+        return LlmCallError(redact(f"unusable reply: {e.message}", secret), "class")
+    status = e.status_code
+    text = redact(f"HTTP {status}: {_server_message(e)}", secret)
+    retry_after = parse_retry_after(e.response.headers)
+    if status == 429 and e.code == "insufficient_quota":
+        return LlmCallError(text, "fatal", status=status)
+    if status in (401, 403, 404):
+        return LlmCallError(text, "fatal", status=status)
+    if status in (408, 409, 429) or status >= 500:
+        return LlmCallError(text, "retry", retry_after, status)
+    return LlmCallError(text, "class", status=status)
+
+
+def _server_message(e: openai.APIStatusError) -> str:
+    body = e.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        msg = inner.get("message") if isinstance(inner, dict) else inner
+        if msg:
+            return str(msg)[:300]
+    return str(e.message)[:300]
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds from `retry-after-ms`, or `retry-after` as seconds or an HTTP date; None if absent."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return max(0.0, (when - _dt.datetime.now(_dt.timezone.utc)).total_seconds())
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Remove the key, and anything shaped like an OpenAI key (servers echo masked keys), from text."""
+    if secret and secret != LOCAL_PLACEHOLDER_KEY:
+        text = text.replace(secret, "[redacted]")
+    return _KEY_SHAPE.sub("sk-[redacted]", text)

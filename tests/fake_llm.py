@@ -1,0 +1,198 @@
+"""A scripted OpenAI-compatible chat-completions server on 127.0.0.1, for tests and benchmarks.
+
+Each request is matched to its action class by the first double-quoted text in its first user
+message (the shipped prompt writes `Action category: "{category}"`). A script maps a class to
+the actions its successive requests get; when a class's list runs out, `default` is used.
+Everything the server saw is kept in `requests`, so tests can count calls exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Ok:
+    """A valid reply: `descriptions`, or `per_class` generated ones."""
+
+    descriptions: list[str] | None = None
+
+
+@dataclass
+class Text:
+    """A reply whose message content is this text, whatever it is."""
+
+    content: str
+    finish_reason: str = "stop"
+
+
+@dataclass
+class Status:
+    """An HTTP error status with an OpenAI-style JSON error body."""
+
+    code: int
+    retry_after: str | None = None
+    message: str = "scripted error"
+    error_code: str | None = None
+
+
+@dataclass
+class Stall:
+    """Wait (until the server stops, at most `seconds`) before replying: trips client timeouts."""
+
+    seconds: float = 60.0
+
+
+@dataclass
+class Drop:
+    """Close the connection without any response."""
+
+
+@dataclass
+class Hold:
+    """Block until `release()` or the server stops, then reply validly."""
+
+
+Action = Ok | Text | Status | Stall | Drop | Hold
+
+
+@dataclass
+class Seen:
+    category: str | None
+    time: float  # time.monotonic() on arrival
+    authorization: str | None
+    body: dict
+
+
+def default_description(category: str, i: int) -> str:
+    return f"A person doing {category}, seen in shot {i + 1}."
+
+
+@dataclass
+class FakeLLM:
+    per_class: int = 3  # descriptions in a generated valid reply
+    script: dict[str, list[Action]] = field(default_factory=dict)
+    default: Action = field(default_factory=Ok)
+    delay: float = 0.0  # seconds before every reply (server latency)
+    prompt_tokens: int = 20  # usage reported per reply
+    completion_tokens: int = 10
+    describe: Callable[[str, int], str] = default_description
+
+    def __post_init__(self) -> None:
+        self.requests: list[Seen] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._release = threading.Event()
+        self._script = {k: list(v) for k, v in self.script.items()}
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self) -> FakeLLM:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._release.set()
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def release(self) -> None:
+        self._release.set()
+
+    # -- what was seen -------------------------------------------------------------------------
+    def calls_for(self, category: str) -> int:
+        return sum(1 for r in self.requests if r.category == category)
+
+    def categories(self) -> list[str | None]:
+        return [r.category for r in self.requests]
+
+    # -- serving -------------------------------------------------------------------------------
+    def _next_action(self, seen: Seen) -> Action:
+        with self._lock:
+            self.requests.append(seen)
+            queue = self._script.get(seen.category or "")
+            return queue.pop(0) if queue else self.default
+
+    def _completion(self, body: dict, content: str, finish_reason: str = "stop") -> dict:
+        return {
+            "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model", "fake"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": finish_reason}],
+            "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                      "total_tokens": self.prompt_tokens + self.completion_tokens},
+        }
+
+    def _valid(self, body: dict, category: str | None, action: Ok) -> dict:
+        descs = action.descriptions or [self.describe(category or "?", i) for i in range(self.per_class)]
+        return self._completion(body, json.dumps({"descriptions": descs}))
+
+
+def _category(body: dict) -> str | None:
+    users = [m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user"]
+    match = re.search(r'"([^"]+)"', users[0]) if users else None
+    return match.group(1) if match else None
+
+
+def _handler_for(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, like real servers
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            if not self.path.endswith("/chat/completions"):
+                return self._send(404, {"error": {"message": f"no route {self.path}"}})
+            seen = Seen(_category(body), time.monotonic(), self.headers.get("Authorization"), body)
+            action = fake._next_action(seen)
+            if fake.delay:
+                time.sleep(fake.delay)
+            self._act(action, body, seen.category)
+
+        def _act(self, action: Action, body: dict, category: str | None) -> None:
+            if isinstance(action, Drop):
+                self.close_connection = True
+                return
+            if isinstance(action, Stall):
+                fake._stop.wait(action.seconds)
+            if isinstance(action, Hold):
+                fake._release.wait()
+            if isinstance(action, Status):
+                headers = {"Retry-After": action.retry_after} if action.retry_after is not None else {}
+                err = {"message": action.message, "type": "error", "code": action.error_code}
+                return self._send(action.code, {"error": err}, headers)
+            if isinstance(action, Text):
+                return self._send(200, fake._completion(body, action.content, action.finish_reason))
+            return self._send(200, fake._valid(body, category, action if isinstance(action, Ok) else Ok()))
+
+        def _send(self, code: int, obj: dict, headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(obj).encode()
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): fine
+                self.close_connection = True
+
+    return Handler
