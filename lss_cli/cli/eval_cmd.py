@@ -1,0 +1,114 @@
+"""`lss eval zero-shot` and `lss eval linear-probe`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from lss_cli.cli import eval_app
+from lss_cli.cli.options import Json, OutputDir, Overrides, Overwrite, Quiet
+
+Dataset = Annotated[str | None, typer.Option("--dataset", help="ucf101 | hmdb51 | kinetics600-zs | list | folder | synthetic.")]
+Root = Annotated[str | None, typer.Option("--root", help="Folder the videos are in.")]
+ListFile = Annotated[str | None, typer.Option("--list-file", help="Annotation list (dataset list / kinetics600-zs).")]
+Splits = Annotated[str | None, typer.Option("--splits", help="Official splits, e.g. 1,2,3.")]
+Checkpoint = Annotated[str | None, typer.Option("--checkpoint", help="Exported model, run dir or checkpoint; `none` = CLIP baseline.")]
+Model = Annotated[str | None, typer.Option("--model", help="CLIP model for the baseline (open_clip name).")]
+Pretrained = Annotated[str | None, typer.Option("--pretrained", help="Baseline weights: tag, file, local-dir:PATH or none.")]
+Templates = Annotated[str | None, typer.Option("--templates", help="Prompt templates (prompts/ name or path).")]
+Frames = Annotated[int | None, typer.Option("--num-frames", help="Frames per view.")]
+Clips = Annotated[int | None, typer.Option("--num-clips", help="Temporal views per video.")]
+Crops = Annotated[int | None, typer.Option("--num-crops", help="Spatial views: 1 or 3.")]
+Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
+Out = Annotated[str | None, typer.Option("--out", help="Results JSON (default: <run dir>/results.json).")]
+
+
+def _flags(**kw: Any) -> dict[str, Any]:
+    splits = kw.pop("splits")
+    if splits is not None:
+        kw["splits"] = [int(s) for s in splits.split(",") if s.strip()]
+    if kw.get("checkpoint") is not None and kw["checkpoint"].lower() == "none":
+        kw["checkpoint"] = None  # explicit baseline
+    return kw
+
+
+def _run(protocol: str, args, flags: dict[str, Any], output_dir, overwrite: bool, quiet: bool, json_out: bool) -> None:
+    from lss_cli.cli.options import split_config_args
+    from lss_cli.config import EvalConfig, load_config
+    from lss_cli.eval.results import evaluate
+    from lss_cli.runtime.progress import set_quiet
+
+    set_quiet(quiet)
+    path, overrides = split_config_args(args)
+    cfg = load_config(EvalConfig, path, overrides, flags=flags)
+    results = evaluate(cfg, protocol, output_dir=output_dir, overwrite=overwrite)
+    render_results(results, json_out)
+
+
+def render_results(results: dict[str, Any], json_out: bool) -> None:
+    from rich.table import Table
+
+    from lss_cli.cli.render import print_json, stdout
+
+    if json_out:
+        slim = {k: v for k, v in results.items() if k not in ("splits", "config", "environment")}
+        slim["splits"] = [{k: v for k, v in s.items() if k not in ("confusion", "predictions", "per_class_top1", "classes")}
+                          for s in results["splits"]]
+        return print_json(slim)
+    has_top5 = "top5" in results["summary"]
+    table = Table(title=f"{results['protocol']} on {results['dataset']} — {results['checkpoint']} "
+                        f"({results['views']['count']} view(s) x {results['views']['num_frames']} frames)",
+                  title_justify="left")
+    for col in ("split", "top-1", *(["top-5"] if has_top5 else []), "listed", "evaluated", "unreadable"):
+        table.add_column(col, justify="right")
+    for s in results["splits"]:
+        table.add_row(s["split"], f"{100 * s['top1']:.2f}", *([f"{100 * s['top5']:.2f}"] if has_top5 else []),
+                      str(s["videos_listed"]), str(s["videos_evaluated"]), str(s["videos_unreadable"]))
+    m = results["summary"]
+    table.add_row("mean ± std", f"{100 * m['top1']['mean']:.2f} ± {100 * m['top1']['std']:.2f}",
+                  *([f"{100 * m['top5']['mean']:.2f} ± {100 * m['top5']['std']:.2f}"] if has_top5 else []), "", "", "")
+    stdout.print(table)
+    for s in results["splits"]:
+        for bad in s["unreadable"]:
+            stdout.print(f"[yellow]unreadable[/yellow] (split {s['split']}, counted as an error): {bad['path']}: {bad['error']}")
+    stdout.print(f"results: {results['results_file']}")
+
+
+@eval_app.command("zero-shot")
+def zero_shot(args: Overrides = None, dataset: Dataset = None, root: Root = None, list_file: ListFile = None,
+              splits: Splits = None, checkpoint: Checkpoint = None, model: Model = None, pretrained: Pretrained = None,
+              templates: Templates = None, num_frames: Frames = None, num_clips: Clips = None, num_crops: Crops = None,
+              device: Device = None, out: Out = None, output_dir: OutputDir = None, overwrite: Overwrite = False,
+              quiet: Quiet = False, json_out: Json = False) -> None:
+    """Zero-shot top-1/top-5 per split, mean ± std; the plain CLIP baseline when no checkpoint is given.
+
+    Examples:
+
+        lss eval zero-shot --dataset ucf101 --root data/ucf101 --splits 1,2,3 --checkpoint model.safetensors
+
+        lss eval zero-shot --dataset hmdb51 --root data/hmdb51 --checkpoint none --model ViT-B-16 --pretrained openai
+    """
+    _run("zero-shot", args, _flags(dataset=dataset, root=root, list_file=list_file, splits=splits, checkpoint=checkpoint,
+                                   model=model, pretrained=pretrained, templates=templates, num_frames=num_frames,
+                                   num_clips=num_clips, num_crops=num_crops, device=device, out=out),
+         output_dir, overwrite, quiet, json_out)
+
+
+@eval_app.command("linear-probe")
+def linear_probe(args: Overrides = None, dataset: Dataset = None, root: Root = None, list_file: ListFile = None,
+                 splits: Splits = None, checkpoint: Checkpoint = None, model: Model = None, pretrained: Pretrained = None,
+                 features: Annotated[str | None, typer.Option("--features", help="pre-proj | proj.")] = None,
+                 num_frames: Frames = None, num_clips: Clips = None, num_crops: Crops = None, device: Device = None,
+                 out: Out = None, output_dir: OutputDir = None, overwrite: Overwrite = False, quiet: Quiet = False,
+                 json_out: Json = False) -> None:
+    """Linear probe on frozen features: L2 chosen on held-out train videos, top-1 per split, mean ± std.
+
+    Example: lss eval linear-probe --dataset ucf101 --root data/ucf101 --checkpoint model.safetensors --features pre-proj
+    """
+    _run("linear-probe", args, _flags(dataset=dataset, root=root, list_file=list_file, splits=splits,
+                                      checkpoint=checkpoint, model=model, pretrained=pretrained, features=features,
+                                      num_frames=num_frames, num_clips=num_clips, num_crops=num_crops, device=device,
+                                      out=out), output_dir, overwrite, quiet, json_out)
+
+

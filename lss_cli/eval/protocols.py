@@ -1,0 +1,146 @@
+"""Zero-shot and linear-probe evaluation protocols (SPEC §3.5).
+
+Zero-shot: the classifier is built exactly like the category concept bank (same templates,
+L2-normalise, average, re-normalise; readable class names); each view's softmax over CLIP's
+logit scale x cosine is averaged over views; top-1/top-5 per split, mean ± std over splits.
+Linear probe: frozen features, logistic regression with L2 chosen on a held-out part of each
+split's train set (`lss_cli.eval.linear_probe`). In both, an unreadable test video counts as an
+error and is listed; nothing is dropped silently. Unreadable train videos cannot be fitted on:
+they are left out of the fit and listed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lss_cli.config import EvalConfig, to_dict
+from lss_cli.errors import ConfigError
+from lss_cli.eval.features import Features, Views, extract_features
+from lss_cli.eval.metrics import confusion_matrix, mean_std, per_class_accuracy, topk_correct, view_averaged_probs
+
+SPLIT_DATASETS = ("ucf101", "hmdb51", "kinetics600-zs")  # datasets with official numbered splits
+
+
+@dataclass
+class EvalContext:
+    cfg: EvalConfig
+    model: Any  # VideoModel
+    device: torch.device
+    cache_dir: Path | None
+    views: Views
+
+
+def split_names(cfg: EvalConfig) -> list[str]:
+    """Numbered splits for official datasets; one unnamed split for lists, folders and synthetic."""
+    return [str(k) for k in cfg.splits] if cfg.dataset in SPLIT_DATASETS else ["-"]
+
+
+def load_split(cfg: EvalConfig, split: str, part: str):
+    """The VideoList of one split's `part` ("train" or "test")."""
+    from lss_cli.data.datasets import load_dataset
+
+    if cfg.dataset == "kinetics600-zs":
+        if part != "test":
+            raise ConfigError("kinetics600-zs is a zero-shot protocol: it has no training part",
+                              hint="linear-probe on ucf101, hmdb51 or your own list")
+        return load_dataset(cfg.dataset, cfg.root, int(split), cfg.list_file)
+    if cfg.dataset in ("ucf101", "hmdb51"):
+        return load_dataset(cfg.dataset, cfg.root, f"{part}{split}")
+    return load_dataset(cfg.dataset, cfg.root, part, cfg.list_file)
+
+
+def _features(ctx: EvalContext, videos, kind: str, desc: str) -> Features:
+    return extract_features(ctx.model, videos, ctx.views, kind=kind, cache_dir=ctx.cache_dir,
+                            batch_size=ctx.cfg.batch_size, num_workers=ctx.cfg.num_workers, device=ctx.device,
+                            desc=desc)
+
+
+def _unreadable(videos, feats: Features) -> list[dict[str, str]]:
+    return [{"path": videos.relpath(i), "error": err} for i, err in sorted(feats.errors.items())]
+
+
+def _split_record(split: str, videos, feats: Features, pred: torch.Tensor, correct1: torch.Tensor,
+                  extra: dict[str, Any]) -> dict[str, Any]:
+    labels = torch.as_tensor(videos.labels)
+    K = len(videos.classes)
+    return {
+        "split": split,
+        "top1": float(correct1.double().mean()),
+        **extra,
+        "videos_listed": len(videos),
+        "videos_evaluated": int(feats.ok.sum()),
+        "videos_unreadable": len(feats.errors),
+        "unreadable": _unreadable(videos, feats),
+        "per_class_top1": dict(zip(videos.classes, per_class_accuracy(correct1, labels, K), strict=True)),
+        "confusion": confusion_matrix(pred, labels, K).tolist(),
+        "classes": list(videos.classes),
+    }
+
+
+def zero_shot_split(ctx: EvalContext, split: str) -> dict[str, Any]:
+    from lss_cli.concepts import build_category_bank, load_templates
+
+    videos = load_split(ctx.cfg, split, "test")
+    feats = _features(ctx, videos, "proj", f"zero-shot split {split}")
+    templates = load_templates(ctx.cfg.templates)
+    classifier = build_category_bank(ctx.model.clip, videos.classes, templates)  # [K, D]
+    logit_scale = float(ctx.model.clip.model.logit_scale.exp())
+    probs = view_averaged_probs(feats.feats, classifier, logit_scale)  # [N, K]
+    labels = torch.as_tensor(videos.labels)
+    top1 = topk_correct(probs, labels, feats.ok, 1)
+    top5 = topk_correct(probs, labels, feats.ok, 5)
+    pred = torch.where(feats.ok, probs.argmax(1), torch.full_like(labels, -1))
+    return _split_record(split, videos, feats, pred, top1,
+                         {"top5": float(top5.double().mean()), "logit_scale": logit_scale,
+                          "templates": templates.templates, "predictions": pred.tolist()})
+
+
+def linear_probe_split(ctx: EvalContext, split: str) -> dict[str, Any]:
+    from lss_cli.eval.linear_probe import linear_probe
+
+    train, test = load_split(ctx.cfg, split, "train"), load_split(ctx.cfg, split, "test")
+    kind = ctx.cfg.features
+    ftr = _features(ctx, train, kind, f"linear-probe train {split}")
+    fte = _features(ctx, test, kind, f"linear-probe test {split}")
+    # One feature per video: the mean over its views (the probe is fit on clip-level features).
+    xtr, xte = ftr.feats.mean(1), fte.feats.mean(1)
+    ytr, yte = torch.as_tensor(train.labels), torch.as_tensor(test.labels)
+    fit = ftr.ok & (ytr >= 0)
+    result = linear_probe(xtr[fit], ytr[fit], xte, yte, len(test.classes), seed=0)
+    pred = torch.where(fte.ok, result.predictions, torch.full_like(yte, -1))
+    correct = (pred == yte) & fte.ok
+    return _split_record(split, test, fte, pred, correct, {
+        "l2": result.l2, "val_curve": {str(k): v for k, v in result.val_curve.items()},
+        "features": kind, "train_videos_listed": len(train), "train_videos_used": int(fit.sum()),
+        "train_unreadable": _unreadable(train, ftr), "predictions": pred.tolist()})
+
+
+def run_protocol(ctx: EvalContext, protocol: str) -> dict[str, Any]:
+    """Evaluate every split; returns the results document (see `results.py` for its fields)."""
+    start = time.perf_counter()
+    run = zero_shot_split if protocol == "zero-shot" else linear_probe_split
+    splits = [run(ctx, s) for s in split_names(ctx.cfg)]
+    summary = {}
+    for metric in ("top1", "top5"):
+        values = [s[metric] for s in splits if metric in s]
+        if values:
+            mean, std = mean_std(values)
+            summary[metric] = {"mean": mean, "std": std}
+    return {
+        "protocol": protocol,
+        "dataset": ctx.cfg.dataset,
+        "root": ctx.cfg.root,
+        "checkpoint": ctx.model.source,
+        "model_id": ctx.model.model_id,
+        "views": {**ctx.views.__dict__, "count": ctx.views.count, "image_size": ctx.model.clip.image_size},
+        "config": to_dict(ctx.cfg),
+        "splits": splits,
+        "summary": summary,
+        "videos_unreadable": sum(s["videos_unreadable"] for s in splits),
+        "seconds": round(time.perf_counter() - start, 3),
+    }

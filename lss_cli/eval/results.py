@@ -1,0 +1,90 @@
+"""Running an evaluation end to end, and writing what it found: results.json, table, plots.
+
+results.json records the checkpoint, the model id, the resolved config, the protocol and views,
+per-split numbers (top-1, top-5, per-class accuracy, confusion matrix, predictions), the number of
+videos listed / evaluated / unreadable with every unreadable path and reason, versions and timing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lss_cli.config import EvalConfig
+from lss_cli.runtime.rundir import default_run_dir, environment, prepare_run_dir, write_text_atomic
+
+
+def evaluate(cfg: EvalConfig, protocol: str, *, output_dir: str | Path | None = None,
+             overwrite: bool = False) -> dict[str, Any]:
+    """`lss eval zero-shot|linear-probe`: load the model, evaluate every split, write the results."""
+    from lss_cli.eval.features import Views
+    from lss_cli.eval.protocols import EvalContext, run_protocol
+    from lss_cli.models.export import load_video_model
+    from lss_cli.runtime.device import resolve_device
+
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out) if cfg.out else None
+    run_dir = Path(output_dir) if output_dir else (out.parent if out else default_run_dir(f"eval-{protocol}"))
+    prepare_run_dir(run_dir, overwrite=overwrite or (out is not None and output_dir is None))
+    model = load_video_model(cfg.checkpoint, model=cfg.model, pretrained=cfg.pretrained, device=device)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path("runs") / "feature-cache"
+    ctx = EvalContext(cfg, model, device, cache_dir, Views(cfg.num_frames, cfg.num_clips, cfg.num_crops))
+    results = run_protocol(ctx, protocol)
+    results["environment"] = environment(str(device))
+    results_path = out or run_dir / "results.json"
+    write_text_atomic(results_path, json.dumps(results, indent=2) + "\n")
+    results["results_file"] = str(results_path)
+    results["plots"] = write_plots(results, run_dir)
+    return results
+
+
+def write_plots(results: dict[str, Any], run_dir: Path) -> list[str]:
+    """Per-class accuracy bars and a confusion matrix per split (needs the `plots` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    for s in results["splits"]:
+        tag = f"{results['protocol']}-split{s['split']}".replace("--", "-")
+        names = list(s["per_class_top1"])
+        acc = [v if v is not None else 0.0 for v in s["per_class_top1"].values()]
+        fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(names)), 4))
+        ax.bar(range(len(names)), acc)
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6 if len(names) > 30 else 8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("top-1")
+        ax.set_title(f"{results['dataset']} {tag}: mean {s['top1']:.3f}")
+        fig.tight_layout()
+        path = run_dir / f"per_class_{tag}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(str(path))
+        written.append(_confusion_plot(plt, s, results["dataset"], tag, run_dir))
+    return written
+
+
+def _confusion_plot(plt, s: dict[str, Any], dataset: str, tag: str, run_dir: Path) -> str:
+    import numpy as np
+
+    cm = np.array(s["confusion"], dtype=float)  # [K, K+1], last column = unreadable
+    cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    k = cm.shape[0]
+    fig, ax = plt.subplots(figsize=(max(5, 0.12 * k), max(4, 0.12 * k)))
+    im = ax.imshow(cm, vmin=0, vmax=1, cmap="viridis")
+    if k <= 30:
+        ax.set_yticks(range(k), s["classes"], fontsize=7)
+        ax.set_xticks(range(k + 1), [*s["classes"], "unreadable"], rotation=90, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{dataset} {tag} confusion")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = run_dir / f"confusion_{tag}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)

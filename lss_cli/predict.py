@@ -1,0 +1,49 @@
+"""`lss predict`: zero-shot classify video files with the user's own label names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lss_cli.errors import InputFileError
+
+
+def predict(videos: list[str], labels, *, checkpoint: str | None = None, model: str = "ViT-B-16",
+            pretrained: str | None = "openai", templates: str = "action_templates_v1", num_frames: int = 8,
+            top_k: int = 5, device: str = "auto", batch_size: int = 4, num_workers: int = 0) -> list[dict[str, Any]]:
+    """Ranked labels per video: softmax over all labels of the model's logit scale x cosine score.
+
+    `labels` is a `lss_cli.labels.LabelSet`. Returns one entry per video, in the order given:
+    `{"video", "predictions": [{"label", "prob"}, ...]}` in descending probability, or
+    `{"video", "error", "predictions": []}` for a video that could not be read.
+    """
+    from lss_cli.concepts import build_category_bank, load_templates
+    from lss_cli.data.datasets import VideoList
+    from lss_cli.eval.features import Views, extract_features
+    from lss_cli.eval.metrics import view_averaged_probs
+    from lss_cli.models.export import load_video_model
+    from lss_cli.runtime.device import resolve_device
+
+    missing = [v for v in videos if not Path(v).is_file()]
+    if missing:
+        raise InputFileError(f"video not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    dev = resolve_device(device)
+    vm = load_video_model(checkpoint, model=model, pretrained=pretrained, device=dev)
+    names = list(labels.names)
+    classifier = build_category_bank(vm.clip, names, load_templates(templates))  # [K, D]
+    vlist = VideoList("", [str(Path(v).resolve()) for v in videos], [-1] * len(videos), names, "predict")
+    feats = extract_features(vm, vlist, Views(num_frames, 1, 1), kind="proj", cache_dir=None,
+                             batch_size=batch_size, num_workers=num_workers, device=dev, desc="predict")
+    probs = view_averaged_probs(feats.feats, classifier, float(vm.clip.model.logit_scale.exp()))  # [N, K]
+    k = min(top_k, len(names))
+    out = []
+    for i, video in enumerate(videos):
+        if not bool(feats.ok[i]):
+            out.append({"video": video, "error": feats.errors[i], "predictions": []})
+            continue
+        p, idx = torch.topk(probs[i], k)
+        out.append({"video": video, "predictions": [{"label": names[j], "prob": float(q)}
+                                                    for q, j in zip(p.tolist(), idx.tolist(), strict=True)]})
+    return out
