@@ -186,6 +186,10 @@ class VideoEncoder(nn.Module):
     def _embed(self, frames: torch.Tensor, clip_len: int) -> torch.Tensor:
         """frames [B*T, 3, H, W] -> tokens [B*T, 1 + gh*gw, C] after ln_pre (+ temporal embedding)."""
         v = self.visual
+        if frames.shape[-2] % self.patch_size[0] or frames.shape[-1] % self.patch_size[1]:
+            raise ConfigError(f"input frames of {frames.shape[-2]}x{frames.shape[-1]} px are not a whole number "
+                              f"of {self.patch_size[0]}x{self.patch_size[1]} patches",
+                              hint="choose view sizes divisible by the model's patch size")
         x = v.conv1(frames)  # [B*T, C, gh, gw]
         grid = (x.shape[-2], x.shape[-1])
         x = x.flatten(2).transpose(1, 2)  # [B*T, gh*gw, C]
