@@ -236,3 +236,37 @@ def test_compiles_fullgraph(tiny_clip):
         with torch.no_grad():
             torch.testing.assert_close(z.detach(), enc(video), atol=1e-6, rtol=0)
         assert enc.temporal_embedding.grad is not None and enc.visual.positional_embedding.grad is not None
+
+
+def test_bf16_autocast_forward_and_backward(tiny_clip):
+    """Under bf16 autocast the encoder runs, stays close to fp32, and fp32 master weights get grads."""
+    enc = encoder(tiny_clip, num_frames=2)
+    perturb_temporal(enc)
+    video = torch.randn(2, 2, 3, 32, 32)
+    with torch.no_grad():
+        ref = enc(video)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = enc(video)
+    assert z.dtype == torch.bfloat16
+    torch.testing.assert_close(z.float(), ref, atol=3e-2, rtol=0)
+    z.float().sum().backward()
+    assert enc.temporal_embedding.grad.dtype == torch.float32
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("size", [224, 96])
+def test_cuda_invariant_and_compiled_bf16_step(vitb16, size):
+    """On a GPU: the init invariant with the CUDA attention kernels, then a compiled bf16 fwd/bwd."""
+    dev = torch.device("cuda")
+    video = torch.randn(2, 4, 3, size, size, device=dev)
+    ref_model = (copy.deepcopy(vitb16.model) if size == 224 else clip_at_resolution(vitb16, size)).to(dev)
+    enc = encoder(vitb16, num_frames=4).to(dev)
+    with torch.no_grad():
+        z = enc(video)
+    # conv1 may use TF32 in cuDNN in both models; the two paths share it, so 1e-4 is ample
+    torch.testing.assert_close(z, clip_frame_average(ref_model, video), atol=1e-4, rtol=0)
+    compiled = torch.compile(enc, fullgraph=True, dynamic=False)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = compiled(video)
+    out.float().sum().backward()
+    assert torch.isfinite(out).all() and enc.temporal_blocks[0].proj.weight.grad is not None
