@@ -115,15 +115,20 @@ def _quiet_logging():
 
 
 def load_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", device: str | torch.device = "cpu",
-              precision: str = "fp32", seed: int = 0) -> Clip:
-    """Load an open_clip model for inference (eval mode), with its tokenizer and preprocessing stats."""
+              precision: str = "fp32", seed: int = 0, image_size: int | None = None) -> Clip:
+    """Load an open_clip model for inference (eval mode), with its tokenizer and preprocessing stats.
+
+    `image_size` overrides the tower's input resolution (open_clip's `force_image_size`; pretrained
+    position embeddings are then resized by open_clip).
+    """
     oc_name, oc_pretrained, weights_id = _resolve(name, pretrained)
     if weights_id == "random-init":
         torch.manual_seed(seed)  # random init is reproducible per seed
         weights_id = f"random-init(seed={seed})"
     try:
         with _quiet_logging():  # open_clip/huggingface_hub log every retry; our error says it once
-            model = open_clip.create_model(oc_name, pretrained=oc_pretrained, precision=precision, device=device)
+            model = open_clip.create_model(oc_name, pretrained=oc_pretrained, precision=precision, device=device,
+                                           force_image_size=image_size)
     except RuntimeError as e:
         if "download" in str(e).lower() or "hub" in str(e).lower():
             raise LssError(

@@ -1,0 +1,1 @@
+"""Training building blocks: the EMA teacher update and per-iteration schedules."""
