@@ -4,11 +4,11 @@ timeouts, on-device augmentation, and CLIP's eval preprocessing."""
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 
 import pytest
 import torch
+from conftest import BAD
 
 from lss_cli.config import DataConfig, ViewsConfig
 from lss_cli.data.augment import _draw_params, augment_views
@@ -27,31 +27,11 @@ from lss_cli.data.video_io import decode_all, encode_video, read_views
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # CLIP's
 SMALL = ViewsConfig(global_views=2, global_frames=4, global_size=32, local_views=3, local_frames=[4],
                     local_size=16)
-BAD = ("bad/zero.mp4", "bad/truncated.mp4", "bad/missing.mp4", "bad/text.mp4")
 
 
 def _cfg(root, **kw) -> DataConfig:
     return DataConfig(**{"dataset": "synthetic", "root": str(root), "batch_size": 4, "num_workers": 0,
                          "decode_timeout": 30.0, **kw})
-
-
-@pytest.fixture(scope="module")
-def bad_dataset(tmp_path_factory, synth_dataset):
-    """The 12 synthetic training clips + a zero-byte file, a truncated file, a missing file and a
-    text file renamed .mp4 (16 entries: 4 full batches of 4)."""
-    root = tmp_path_factory.mktemp("bad")
-    shutil.copytree(synth_dataset / "videos", root / "videos")
-    shutil.copy(synth_dataset / "classes.txt", root / "classes.txt")
-    good = (synth_dataset / "train.txt").read_text().splitlines()
-    (root / "bad").mkdir()
-    (root / "bad/zero.mp4").write_bytes(b"")
-    data = (synth_dataset / good[0].split()[0]).read_bytes()
-    (root / "bad/truncated.mp4").write_bytes(data[: len(data) // 2])
-    (root / "bad/text.mp4").write_text("this is not a video, just text renamed to .mp4\n" * 20)
-    lines = good[:6] + [f"{BAD[0]} 0", f"{BAD[1]} 1"] + good[6:] + [f"{BAD[2]} 2", f"{BAD[3]} 3"]
-    (root / "train.txt").write_text("\n".join(lines) + "\n")
-    (root / "test.txt").write_text("\n".join(lines) + "\n")
-    return root
 
 
 # ---- training -------------------------------------------------------------------------------

@@ -439,12 +439,20 @@ def _kinetics_csv_path(root: Path, part: str, list_file) -> Path:
                          hint="pass the CSV as the list file (data.list_file / --list-file)")
 
 
-def _kinetics_layout(root: Path, rows: list[tuple[int, str | None, str, str]]) -> str:
-    """Which folder layout holds the videos: judged on the first rows that exist on disk."""
-    templates = ("{split}/{file}", "{split}/{label}/{file}", "{file}", "{label}/{file}")
+_K_LAYOUTS = (("split", "file"), ("split", "label", "file"), ("file",), ("label", "file"))
+
+
+def _kinetics_rel(layout: tuple[str, ...], split: str, label: str | None, file: str) -> str:
+    values = {"split": split, "label": label or "", "file": file}
+    return "/".join(values[k] for k in layout if values[k])
+
+
+def _kinetics_layout(root: Path, rows: list[tuple[int, str | None, str, str]]) -> tuple[str, ...]:
+    """Which folder layout holds the videos (`split/file`, `split/label/file`, `file`, `label/file`):
+    judged on the first 50 rows; `split/file` when none of them exists."""
     sample = rows[:50]
-    hits = [sum((root / t.format(split=s, label=lab or "", file=f)).is_file() for _, lab, f, s in sample) for t in templates]
-    return templates[int(np.argmax(hits))] if max(hits) > 0 else templates[0]
+    hits = [sum((root / _kinetics_rel(t, s, lab, f)).is_file() for _, lab, f, s in sample) for t in _K_LAYOUTS]
+    return _K_LAYOUTS[int(np.argmax(hits))] if max(hits) > 0 else _K_LAYOUTS[0]
 
 
 def _load_kinetics(name: str, root, split: Split, list_file) -> VideoList:
@@ -466,11 +474,21 @@ def _kinetics_videos(root: Path, csv_path: Path, part: str, classes: Sequence[st
             if keep_unknown:
                 continue
             raise _bad(csv_path, lineno, f"class {lab!r} is not in the {len(classes)}-class label list", hint=_close_hint(lab, index))
-        paths.append(layout.format(split=s, label=lab or "", file=f))
+        paths.append(_kinetics_rel(layout, s, lab, f))
         ids.append(index[lab] if lab is not None else -1)
     if keep_unknown:
         source += f", {len(paths)} of {len(rows)} rows belong to the split's classes"
-    return VideoList(root, paths, ids, classes, source + f", layout {layout}")
+    return VideoList(root, paths, ids, classes, source + f", layout {'/'.join(layout)}")
+
+
+def load_list(list_file: str | Path, root: str | Path) -> VideoList:
+    """Any list file on its own: a generic list (classes from a `classes.txt` beside it or in
+    `root`, if any) or a Kinetics CSV (classes = its label names, sorted)."""
+    list_file, root = Path(list_file), Path(root)
+    if list_file.suffix.lower() == ".csv" and list_file.is_file() and _is_kinetics_csv(list_file):
+        names = sorted({lab for _, lab, _, _ in read_kinetics_csv(list_file) if lab is not None})
+        return _kinetics_videos(root, list_file, "", names, f"Kinetics CSV {list_file}", keep_unknown=False)
+    return _load_list(root, "", list_file, None)
 
 
 def _load_k600_zeroshot(root, split: Split, list_file) -> VideoList:
