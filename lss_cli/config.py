@@ -148,10 +148,10 @@ class ModelConfig:
 class DataConfig:
     """Unlabelled training videos and the loader feeding them."""
 
-    dataset: str = "kinetics400"  # preset: ucf101|hmdb51|kinetics400|kinetics600|list|folder|synthetic
+    dataset: str = "kinetics400"  # preset: ucf101|hmdb51|kinetics400|kinetics600|list|folder|synthetic (lss_cli.data.datasets)
     root: str = "data/kinetics400"  # dataset root (videos are found relative to it)
     list_file: str | None = None  # annotation list (for dataset=list, or to override a preset's list)
-    split: str = "train"  # which split of the preset to train on (labels are ignored in training)
+    split: str = "train"  # which split of the preset to train on, e.g. train, train1 (labels are ignored in training)
     batch_size: int = 32  # clips per GPU per step
     num_workers: int = 8  # DataLoader worker processes (each decodes with one FFmpeg thread)
     seek_mode: Literal["exact", "approximate"] = "approximate"  # approximate is faster on long videos
@@ -179,6 +179,7 @@ class ViewsConfig:
     local_span: tuple[float, float] = (0.25, 0.5)  # shorter temporal windows (reconstruction)
     flip_p: float = 0.5  # horizontal flip probability
     color_jitter_p: float = 0.8  # probability of colour jitter per view
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue strengths (DINO)
     grayscale_p: float = 0.2  # probability of grayscale per view
 
     def validate(self) -> None:
@@ -193,6 +194,8 @@ class ViewsConfig:
             _check(0.0 < lo <= hi <= 1.0, f"views.{key}", f"need 0 < low <= high <= 1, got ({lo}, {hi})")
         for key in ("flip_p", "color_jitter_p", "grayscale_p"):
             _check(0.0 <= getattr(self, key) <= 1.0, f"views.{key}", "must be a probability in [0, 1]")
+        _check(all(v >= 0 for v in self.color_jitter) and self.color_jitter[3] <= 0.5, "views.color_jitter",
+               "need brightness, contrast, saturation >= 0 and 0 <= hue <= 0.5")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,25 @@ def tiny_clip():
     from lss_cli.models.clip import load_clip
 
     return load_clip("lss-tiny", None, seed=0)
+
+
+BAD = ("bad/zero.mp4", "bad/truncated.mp4", "bad/missing.mp4", "bad/text.mp4")  # the bad_dataset's bad entries
+
+
+@pytest.fixture(scope="session")
+def bad_dataset(tmp_path_factory, synth_dataset):
+    """The 12 synthetic training clips + a zero-byte file, a truncated file, a missing file and a
+    text file renamed .mp4 (16 entries: 4 full batches of 4)."""
+    root = tmp_path_factory.mktemp("bad")
+    shutil.copytree(synth_dataset / "videos", root / "videos")
+    shutil.copy(synth_dataset / "classes.txt", root / "classes.txt")
+    good = (synth_dataset / "train.txt").read_text().splitlines()
+    (root / "bad").mkdir()
+    (root / "bad/zero.mp4").write_bytes(b"")
+    data = (synth_dataset / good[0].split()[0]).read_bytes()
+    (root / "bad/truncated.mp4").write_bytes(data[: len(data) // 2])
+    (root / "bad/text.mp4").write_text("this is not a video, just text renamed to .mp4\n" * 20)
+    lines = good[:6] + [f"{BAD[0]} 0", f"{BAD[1]} 1"] + good[6:] + [f"{BAD[2]} 2", f"{BAD[3]} 3"]
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    (root / "test.txt").write_text("\n".join(lines) + "\n")
+    return root

@@ -6,20 +6,31 @@ device normalises them.
 
 from __future__ import annotations
 
+import os
+import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torchcodec.decoders import VideoDecoder
 from torchcodec.encoders import VideoEncoder
 
+T = TypeVar("T")
 
-def encode_video(frames: torch.Tensor, path: str | Path, fps: float, crf: int | None = 18) -> None:
-    """Write uint8 frames `[T, 3, H, W]` to `path`; the container follows the suffix (.mp4, .avi, .mkv)."""
+
+def encode_video(frames: torch.Tensor, path: str | Path, fps: float, crf: int | None = 18, *,
+                 codec: str | None = None, extra_options: dict | None = None) -> None:
+    """Write uint8 frames `[T, 3, H, W]` to `path`; the container follows the suffix (.mp4, .avi, .mkv).
+
+    `codec` picks an FFmpeg encoder (default: the container's); `extra_options` are passed to it,
+    e.g. `{"g": 60}` for a keyframe every 60 frames."""
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
         raise ValueError(f"expected uint8 frames [T, 3, H, W], got {tuple(frames.shape)} {frames.dtype}")
     encoder = VideoEncoder(frames.contiguous(), frame_rate=fps)
     kwargs = {"crf": crf} if crf is not None and Path(path).suffix in (".mp4", ".mkv") else {}
-    encoder.to_file(str(path), pixel_format="yuv420p", **kwargs)
+    encoder.to_file(str(path), pixel_format="yuv420p", codec=codec, extra_options=extra_options, **kwargs)
 
 
 def open_video(path: str | Path, device: str = "cpu", num_threads: int = 1,
@@ -43,3 +54,119 @@ def decode_all(path: str | Path) -> torch.Tensor:
 def decode_at(decoder: VideoDecoder, indices: list[int]) -> torch.Tensor:
     """Frames at the given indices, uint8 `[N, 3, H, W]`, in the order given (duplicates allowed)."""
     return decoder.get_frames_at(indices=list(indices)).data
+
+
+# --------------------------------------------------------------------------------------------
+# Reading that never crashes a run and never hangs it
+# --------------------------------------------------------------------------------------------
+
+
+class VideoReadError(Exception):
+    """A video could not be read; the message is a short reason fit for a report."""
+
+
+_CPP_PREFIX = re.compile(r"^[A-Za-z_]+, \S+\.cpp:\d+, ")
+
+
+def describe_error(error: BaseException) -> str:
+    """One readable line from a decoder exception (torchcodec prefixes its C++ source location)."""
+    if isinstance(error, VideoReadError):
+        return str(error)
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return _CPP_PREFIX.sub("", text)
+
+
+def call_with_timeout(fn: Callable[[], T], timeout: float | None) -> T:
+    """Run `fn` with a deadline. FFmpeg calls release the GIL, so a decode stuck in C (a FIFO, a
+    stalled network mount) is abandoned in a daemon thread instead of hanging the worker; the
+    thread never blocks process exit."""
+    if timeout is None:
+        return fn()
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller below
+            box["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True, name="lss-decode")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise VideoReadError(f"decode did not finish within {timeout:g} s")
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]
+
+
+def _precheck(path: str | Path) -> None:
+    if not os.path.exists(path):
+        raise VideoReadError("missing file")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise VideoReadError("empty file (0 bytes)")
+
+
+def read_views(path: str | Path, pick: Callable[[int], list[torch.Tensor]], *, seek_mode: str = "exact",
+               timeout: float | None = None, device: str = "cpu") -> list[torch.Tensor]:
+    """Frames of several views from one file: `pick(num_frames)` returns each view's indices and
+    the union is decoded in one batched call (`lss_cli.data.sampling.decode_views`).
+
+    Raises VideoReadError (with a reason) for a missing, empty, unreadable or hanging file. In
+    approximate mode a failed decode is retried once in exact mode (the header's frame count can
+    be wrong, e.g. in a truncated file), calling `pick` again with the scanned count."""
+    from lss_cli.data.sampling import decode_views
+
+    def decode(mode: str) -> list[torch.Tensor]:
+        dec = open_video(path, device=device, num_threads=1, seek_mode=mode)
+        n = num_frames(dec)
+        if n < 1:
+            raise VideoReadError("no video frames" if mode == "exact" else "no frame count in the header")
+        return decode_views(dec, pick(n))
+
+    def run() -> list[torch.Tensor]:
+        _precheck(path)
+        modes = [seek_mode] if seek_mode == "exact" else [seek_mode, "exact"]
+        for i, mode in enumerate(modes):
+            try:
+                return decode(mode)
+            except (RuntimeError, ValueError, IndexError, VideoReadError) as e:
+                if i == len(modes) - 1:
+                    raise VideoReadError(describe_error(e)) from None
+        raise AssertionError("unreachable")
+
+    return call_with_timeout(run, timeout)
+
+
+def check_video(path: str | Path, timeout: float | None = 60.0) -> str | None:
+    """None if the file opens and its first and last frames decode, else the reason.
+
+    Exact mode scans the packets, so the last frame is the last one really present. A file whose
+    header promises clearly more frames than it holds (over 10% and 3 frames) is reported as
+    truncated even though what is left decodes."""
+
+    def run() -> str | None:
+        _precheck(path)
+        try:
+            dec = open_video(path, num_threads=1, seek_mode="exact")
+        except (RuntimeError, ValueError) as e:
+            raise VideoReadError(describe_error(e)) from None
+        md = dec.metadata
+        n = num_frames(dec)
+        if n < 1:
+            return "no video frames"
+        try:
+            decode_at(dec, [0, n - 1])
+        except (RuntimeError, ValueError, IndexError) as e:
+            return describe_error(e)
+        header, content = md.num_frames_from_header, md.num_frames_from_content
+        if header and content and header - content > max(3, 0.1 * header):
+            return f"truncated: the header lists {header} frames, the file holds {content}"
+        return None
+
+    try:
+        return call_with_timeout(run, timeout)
+    except VideoReadError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a reason for the report
+        return describe_error(e)
