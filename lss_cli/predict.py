@@ -36,7 +36,7 @@ def predict(videos: list[str], labels, *, checkpoint: str | None = None, model: 
     vlist = VideoList("", [str(Path(v).resolve()) for v in videos], [-1] * len(videos), names, "predict")
     feats = extract_features(vm, vlist, Views(num_frames, 1, 1), kind="proj", cache_dir=None,
                              batch_size=batch_size, num_workers=num_workers, device=dev, desc="predict")
-    probs = view_averaged_probs(feats.feats, classifier, float(vm.clip.model.logit_scale.exp()))  # [N, K]
+    probs = view_averaged_probs(feats.feats, classifier, float(vm.clip.model.logit_scale.detach().exp()))  # [N, K]
     k = min(top_k, len(names))
     out = []
     for i, video in enumerate(videos):

@@ -104,7 +104,8 @@ def _encode_batches(model, videos, views: Views, kind: str, *, batch_size: int, 
     size = model.clip.image_size
     loader = build_eval_loader(videos, num_frames=views.num_frames, num_clips=views.num_clips,
                                num_crops=views.num_crops, image_size=size, batch_size=batch_size,
-                               num_workers=num_workers, rank=rank, world_size=world)
+                               num_workers=min(num_workers, os.cpu_count() or 1), rank=rank,
+                               world_size=world)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     out: dict[int, tuple[torch.Tensor, bool, str]] = {}
     with make_progress(rank) as bar, torch.inference_mode(), autocast:

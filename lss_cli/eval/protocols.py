@@ -21,7 +21,13 @@ import torch
 from lss_cli.config import EvalConfig, to_dict
 from lss_cli.errors import ConfigError
 from lss_cli.eval.features import Features, Views, extract_features
-from lss_cli.eval.metrics import confusion_matrix, mean_std, per_class_accuracy, topk_correct, view_averaged_probs
+from lss_cli.eval.metrics import (
+    confusion_matrix,
+    mean_std,
+    per_class_accuracy,
+    topk_correct,
+    view_averaged_probs,
+)
 
 SPLIT_DATASETS = ("ucf101", "hmdb51", "kinetics600-zs")  # datasets with official numbered splits
 
@@ -89,7 +95,7 @@ def zero_shot_split(ctx: EvalContext, split: str) -> dict[str, Any]:
     feats = _features(ctx, videos, "proj", f"zero-shot split {split}")
     templates = load_templates(ctx.cfg.templates)
     classifier = build_category_bank(ctx.model.clip, videos.classes, templates)  # [K, D]
-    logit_scale = float(ctx.model.clip.model.logit_scale.exp())
+    logit_scale = float(ctx.model.clip.model.logit_scale.detach().exp())
     probs = view_averaged_probs(feats.feats, classifier, logit_scale)  # [N, K]
     labels = torch.as_tensor(videos.labels)
     top1 = topk_correct(probs, labels, feats.ok, 1)

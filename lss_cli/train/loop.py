@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lss_cli.train.ema import ema_update
-from lss_cli.train.schedules import Schedules, build_schedules
 
 from lss_cli.config import TrainConfig, dump_yaml, to_dict
 from lss_cli.errors import LssError
@@ -33,6 +31,8 @@ from lss_cli.runtime.rundir import default_run_dir, prepare_run_dir, write_run_f
 from lss_cli.runtime.seeding import seed_everything
 from lss_cli.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from lss_cli.train.compile import maybe_compile
+from lss_cli.train.ema import ema_update
+from lss_cli.train.schedules import Schedules, build_schedules
 
 
 class NonFiniteLoss(LssError):
@@ -129,7 +129,7 @@ def train_step(t: Trainer, micro_batches: list[dict[str, Any]], step: int) -> di
 def _make_views(t: Trainer, batch: dict[str, Any], step: int, micro: int):
     from lss_cli.data.loader import make_train_views
 
-    g = torch.Generator(device=t.device)
+    g = torch.Generator()  # parameters are drawn on the CPU, applied on the device
     # Augmentation randomness is a function of (seed, rank, step, micro-batch): exact resume.
     g.manual_seed(((t.cfg.run.seed * 1_000_003 + t.dist.rank) * 1_000_003 + step) * 64 + micro)
     return make_train_views(batch, t.cfg.views, t.mean, t.std, t.device, generator=g)
@@ -248,11 +248,10 @@ def _run_dir(cfg: TrainConfig, dist: DistInfo) -> Path:
 
 
 def _build_models(cfg: TrainConfig, device: torch.device):
-    from lss_cli.losses import LSSLoss
-    from lss_cli.models.video import build_video_encoder
-
     from lss_cli.concepts import load_concept_bank
+    from lss_cli.losses import LSSLoss
     from lss_cli.models.clip import load_clip
+    from lss_cli.models.video import build_video_encoder
 
     clip = load_clip(cfg.model.name, cfg.model.pretrained, device="cpu", seed=cfg.run.seed)
     bank = load_concept_bank(cfg.loss.concepts, expect_model=cfg.model.name, expect_weights=clip.weights_id)
@@ -267,7 +266,6 @@ def _build_models(cfg: TrainConfig, device: torch.device):
 
 def setup(cfg: TrainConfig) -> Trainer:
     from lss_cli.data.loader import build_train_loader
-
     from lss_cli.runtime.device import resolve_device
 
     device = resolve_device(cfg.run.device)
