@@ -119,8 +119,9 @@ class LSSLoss(nn.Module):
         self.center_momentum = float(center_momentum)
         self.w_cd, self.w_ca, self.w_u = float(w_cd), float(w_ca), float(w_u)
         self.ca_aggregation, self.ca_direction = ca_aggregation, ca_direction
-        self.register_buffer("category", category.detach().float().clone())  # [K, D]
-        self.register_buffer("description", description.detach().float().clone())  # [M, D]
+        # The banks come from the concepts file, not from checkpoints: state_dict() is the centres only.
+        self.register_buffer("category", category.detach().float().clone(), persistent=False)  # [K, D]
+        self.register_buffer("description", description.detach().float().clone(), persistent=False)  # [M, D]
         self.register_buffer("center_category", torch.zeros(category.shape[0]))  # [K]
         self.register_buffer("center_description", torch.zeros(description.shape[0]))  # [M]
         self._register_alignment(description_owner.long(), category.shape[0])
