@@ -46,4 +46,7 @@ class GuardedCompile:
 
 
 def maybe_compile(fn: Callable[..., Any], name: str, enabled: bool, **kwargs: Any) -> Callable[..., Any]:
+    # Static shapes: each view size compiles once. Automatic dynamic shapes crashed Inductor on
+    # torch 2.14.1 when the same tower saw 64 then 32 px ("cannot determine truth value of Relational").
+    kwargs.setdefault("dynamic", False)
     return GuardedCompile(fn, name, **kwargs) if enabled else fn

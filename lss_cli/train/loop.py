@@ -93,17 +93,21 @@ def _encode_views(forward, groups: list[torch.Tensor], views_per_group: list[int
     return torch.cat(out, 0)
 
 
-def train_step(t: Trainer, micro_batches: list[dict[str, Any]], step: int) -> dict[str, torch.Tensor]:
+def train_step(t: Trainer, micro_batches: list[Any], step: int, make_views=None) -> dict[str, torch.Tensor]:
     """One optimizer step over `accum` micro-batches: teacher forward (global views), student
-    forward/backward (all views), clip, AdamW, EMA. Returns detached loss parts (no host sync)."""
+    forward/backward (all views), clip, AdamW, EMA. Returns detached loss parts (no host sync).
+
+    `make_views(batch, i) -> (global_views, local_views)` turns a loader batch into float views on
+    the device (default: the GPU-side augmentation); benchmarks pass ready-made views instead."""
     cfg = t.cfg
     t.schedules.apply(t.optimizer, step)
     student_temp = cfg.loss.student_temp
     teacher_temp = float(t.schedules.teacher_temp[step])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if t.device.type == "cuda" else nullcontext()
     parts_sum: dict[str, torch.Tensor] = {}
+    make_views = make_views or (lambda batch, i: _make_views(t, batch, step, i))
     for i, batch in enumerate(micro_batches):
-        global_views, local_views = _make_views(t, batch, step, i)
+        global_views, local_views = make_views(batch, i)
         B, Vg = global_views.shape[:2]
         groups = _views_to_batches(global_views, local_views)
         per_group = [Vg] + ([local_views.shape[1]] if isinstance(local_views, torch.Tensor) and local_views.shape[1] > 0
