@@ -214,6 +214,7 @@ class LossConfig:
     warmup_teacher_temp: float = 0.004  # tau_t at step 0 (equal = no warm-up)
     warmup_teacher_temp_epochs: int = 0  # linear warm-up length of tau_t
     center_momentum: float = 0.9  # m_c of the teacher-score centre
+    center_init: Literal["zero", "first_batch"] = "first_batch"  # first centre: zeros (DINO) or the first batch's mean (reconstruction)
     w_cd: float = 1.0  # weight of concept distillation (both banks)
     w_ca: float = 1.0  # weight of concept alignment
     w_u: float = 0.1  # weight of the uniform prior KL(mean p_s,cat || uniform) (reconstruction)

@@ -59,10 +59,17 @@ def uniform_prior(log_p: torch.Tensor) -> torch.Tensor:
     """mean over views of KL(mean_batch p || uniform); log_p [V, B, K] -> scalar.
 
     The batch mean is taken per view (each view is its own batch of predictions); its log is a
-    logsumexp so no category underflows to log 0.
+    logsumexp so no category underflows to log 0. Under torch.distributed the mean is over the
+    global batch (a differentiable all-reduce), so N ranks x B clips equal one process with N x B.
     """
     v, b, k = log_p.shape
     log_mean = torch.logsumexp(log_p, dim=1) - math.log(b)  # [V, K]
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_reduce
+
+        mean = all_reduce(log_mean.exp()) / torch.distributed.get_world_size()
+        log_mean = mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
     return (log_mean.exp() * (log_mean + math.log(k))).sum(dim=-1).mean()
 
 
@@ -110,8 +117,11 @@ class LSSLoss(nn.Module):
 
     def __init__(self, category: torch.Tensor, description: torch.Tensor, description_owner: torch.Tensor, *,
                  center_momentum: float = 0.9, w_cd: float = 1.0, w_ca: float = 1.0, w_u: float = 0.1,
-                 ca_aggregation: str = "sum", ca_direction: str = "both"):
+                 ca_aggregation: str = "sum", ca_direction: str = "both", center_init: str = "first_batch"):
         super().__init__()
+        if center_init not in ("zero", "first_batch"):
+            raise LssError(f"bad center_init {center_init!r}", hint="zero | first_batch")
+        self.center_init = center_init
         _check_bank(category, description, description_owner)
         if ca_aggregation not in CA_AGGREGATIONS or ca_direction not in CA_DIRECTIONS:
             raise LssError(f"bad concept-alignment options {ca_aggregation!r} / {ca_direction!r}",
@@ -124,6 +134,11 @@ class LSSLoss(nn.Module):
         self.register_buffer("description", description.detach().float().clone(), persistent=False)  # [M, D]
         self.register_buffer("center_category", torch.zeros(category.shape[0]))  # [K]
         self.register_buffer("center_description", torch.zeros(description.shape[0]))  # [M]
+        # 1 once a centre holds a batch mean. With center_init="first_batch" the first batch is
+        # centred by its own mean instead of by zeros: CLIP's cosine scores carry a large
+        # per-concept offset, and removing it only gradually (1/(1-m) steps) makes the teacher's
+        # entropy, and so the loss, climb through a long start-up transient.
+        self.register_buffer("center_ready", torch.zeros(()))
         self._register_alignment(description_owner.long(), category.shape[0])
 
     @classmethod
@@ -131,7 +146,7 @@ class LSSLoss(nn.Module):
         """Build from a bank ({category, description, description_owner}) and a LossConfig."""
         return cls(bank["category"], bank["description"], bank["description_owner"],
                    center_momentum=cfg.center_momentum, w_cd=cfg.w_cd, w_ca=cfg.w_ca, w_u=cfg.w_u,
-                   ca_aggregation=cfg.ca_aggregation, ca_direction=cfg.ca_direction)
+                   ca_aggregation=cfg.ca_aggregation, ca_direction=cfg.ca_direction, center_init=cfg.center_init)
 
     def _register_alignment(self, owner: torch.Tensor, num_categories: int) -> None:
         """Index the aligned subset: owned descriptions and the categories that own them."""
@@ -185,7 +200,10 @@ class LSSLoss(nn.Module):
             t_cat, t_desc = self.scores(teacher_z)  # [V_g, B, K], [V_g, B, M]
             s_cat, s_desc = self.scores(student_z)  # [V_s, B, K], [V_s, B, M]
             weights = pair_mask(teacher_z.shape[0], student_z.shape[0], student_z.device)  # [V_g, V_s]
-            tc_cat, tc_desc = t_cat - self.center_category, t_desc - self.center_description
+            batch_mean = self._batch_mean(t_cat, t_desc) \
+                if update_center or self.center_init == "first_batch" else None  # [K + M], one all-reduce
+            c_cat, c_desc = self._current_centers(batch_mean)
+            tc_cat, tc_desc = t_cat - c_cat, t_desc - c_desc
             p_cat = torch.softmax(tc_cat / teacher_temp, dim=-1)
             p_desc = torch.softmax(tc_desc / teacher_temp, dim=-1)
             log_s_cat = torch.log_softmax(s_cat / student_temp, dim=-1)
@@ -204,22 +222,48 @@ class LSSLoss(nn.Module):
             parts = {k: v.detach() for k, v in parts.items()}
             parts.update(_collapse_diagnostics(p_cat, p_desc))
         if update_center:
-            self.update_center(t_cat, t_desc)
+            self._update_center(batch_mean)
         return loss, parts
 
     @torch.no_grad()
-    def update_center(self, teacher_cat: torch.Tensor, teacher_desc: torch.Tensor) -> None:
-        """c <- m c + (1 - m) mean_batch(s_t), batch mean over all views and ranks; no host sync."""
+    def _batch_mean(self, teacher_cat: torch.Tensor, teacher_desc: torch.Tensor) -> torch.Tensor:
+        """[K + M] mean teacher score over all views, clips and ranks."""
         batch = torch.cat([teacher_cat.float().flatten(0, -2).sum(0), teacher_desc.float().flatten(0, -2).sum(0)])
         count = teacher_cat[..., 0].numel()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(batch)
             count *= torch.distributed.get_world_size()
-        batch = batch / count
+        return batch / count
+
+    @torch.no_grad()
+    def _current_centers(self, mean: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The centres the loss uses: the running ones, or (first batch, first_batch init) its own mean.
+        Chosen with torch.where, not Python control flow, so there is no host sync."""
+        if self.center_init == "zero":
+            return self.center_category, self.center_description
+        k = self.center_category.shape[0]
+        ready = self.center_ready > 0
+        return (torch.where(ready, self.center_category, mean[:k]),
+                torch.where(ready, self.center_description, mean[k:]))
+
+    @torch.no_grad()
+    def update_center(self, teacher_cat: torch.Tensor, teacher_desc: torch.Tensor) -> None:
+        """c <- m c + (1 - m) mean_batch(s_t), batch mean over all views and ranks; no host sync.
+        With center_init="first_batch" the first update sets c to the batch mean."""
+        self._update_center(self._batch_mean(teacher_cat, teacher_desc))
+
+    @torch.no_grad()
+    def _update_center(self, batch: torch.Tensor) -> None:
         k = self.center_category.shape[0]
         m = self.center_momentum
-        self.center_category.mul_(m).add_(batch[:k], alpha=1.0 - m)
-        self.center_description.mul_(m).add_(batch[k:], alpha=1.0 - m)
+        if self.center_init == "first_batch":
+            m = torch.where(self.center_ready > 0, m, 0.0)
+            self.center_category.mul_(m).add_((1.0 - m) * batch[:k])
+            self.center_description.mul_(m).add_((1.0 - m) * batch[k:])
+        else:
+            self.center_category.mul_(m).add_(batch[:k], alpha=1.0 - m)
+            self.center_description.mul_(m).add_(batch[k:], alpha=1.0 - m)
+        self.center_ready.fill_(1.0)
 
 
 def _collapse_diagnostics(p_cat: torch.Tensor, p_desc: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -40,7 +40,9 @@ def H(p, q):
 
 
 def make_loss(k, m, owner, **kw):
+    """By-hand tests use DINO's zero initial centre unless they ask for another."""
     cat, desc, own = onehot_bank(k, m, owner)
+    kw.setdefault("center_init", "zero")
     return LSSLoss(cat, desc, own, **kw)
 
 
@@ -240,4 +242,23 @@ def test_from_config():
     loss_fn = LSSLoss.from_config({"category": cat, "description": desc, "description_owner": owner}, cfg)
     assert (loss_fn.center_momentum, loss_fn.w_u, loss_fn.ca_aggregation, loss_fn.ca_direction) == \
         (0.8, 0.5, "mean", "desc_to_cat")
-    assert set(loss_fn.state_dict()) == {"center_category", "center_description"}  # what checkpoints hold
+    assert set(loss_fn.state_dict()) == {"center_category", "center_description", "center_ready"}  # checkpointed
+    assert loss_fn.center_init == "first_batch"  # the config default
+
+
+def test_first_batch_centre_initialisation():
+    """center_init=first_batch: the first batch is centred by its own mean, which becomes the centre;
+    later batches follow the usual momentum update with the previous centre."""
+    loss_fn = make_loss(2, 1, [0], center_momentum=0.9, w_ca=0.0, w_u=0.0, center_init="first_batch")
+    teacher1 = embed([[1.0, 0.0], [0.0, 2.0]], [[1.0], [3.0]])[None]  # batch mean: cat [0.5, 1.0], desc [2.0]
+    student = torch.zeros(2, 2, 3)
+    _, parts = loss_fn(student, teacher1, TS, TT)
+    # centred scores: clip 0 -> [0.5, -1.0], clip 1 -> [-0.5, 1.0]
+    p0 = torch.softmax(torch.tensor([0.5, -1.0]) / TT, -1).tolist()
+    p1 = torch.softmax(torch.tensor([-0.5, 1.0]) / TT, -1).tolist()
+    assert parts["teacher_entropy_category"].item() == pytest.approx((H(p0, p0) + H(p1, p1)) / 2, abs=1e-5)
+    torch.testing.assert_close(loss_fn.center_category, torch.tensor([0.5, 1.0]))
+    torch.testing.assert_close(loss_fn.center_description, torch.tensor([2.0]))
+    teacher2 = embed([[0.0, 0.0], [0.0, 0.0]], [[0.0], [0.0]])[None]
+    loss_fn(student, teacher2, TS, TT)
+    torch.testing.assert_close(loss_fn.center_category, 0.9 * torch.tensor([0.5, 1.0]))

@@ -117,7 +117,7 @@ def _centre_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         cat, desc = torch.eye(5)[:2], torch.eye(5)[2:]
-        loss_fn = LSSLoss(cat, desc, torch.tensor([0, 1, 1]), center_momentum=0.5)
+        loss_fn = LSSLoss(cat, desc, torch.tensor([0, 1, 1]), center_momentum=0.5, center_init="zero")
         teacher = torch.full((1, 2, 5), float(rank + 1))  # rank 0 scores 1, rank 1 scores 2
         loss_fn(torch.zeros(2, 2, 5), teacher, 0.1, 0.05)
         torch.save({"cat": loss_fn.center_category, "desc": loss_fn.center_description}, f"{out}/{rank}.pt")

@@ -86,9 +86,14 @@ class TrainShardSampler(Sampler):
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.num_videos, self.seed, self.rank, self.world_size, self.shuffle = num_videos, seed, rank, world_size, shuffle
         self.epoch = 0
+        self.start = 0  # samples of this rank's shard to skip in the current epoch (exact resume)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_start(self, start: int) -> None:
+        """Skip the first `start` samples of this epoch's shard without decoding them (resume)."""
+        self.start = start
 
     def __len__(self) -> int:
         return math.ceil(self.num_videos / self.world_size)
@@ -101,7 +106,7 @@ class TrainShardSampler(Sampler):
             order = list(range(self.num_videos))
         total = len(self) * self.world_size
         order += (order * math.ceil(total / max(1, len(order))))[: total - len(order)]  # wrap-pad
-        return ((self.epoch, i) for i in order[self.rank:total:self.world_size])
+        return ((self.epoch, i) for i in order[self.rank:total:self.world_size][self.start:])
 
 
 class EvalShardSampler(Sampler):

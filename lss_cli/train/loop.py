@@ -192,8 +192,18 @@ def _batches(t: Trainer):
             raise
 
 
+def _reduce_parts(parts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Loss parts averaged over ranks (every rank calls this), as floats: the one host sync, at
+    logging steps only."""
+    from lss_cli.runtime.dist import all_reduce_mean_
+
+    keys = sorted(parts)
+    stacked = all_reduce_mean_(torch.stack([parts[k].detach().float() for k in keys]))
+    return dict(zip(keys, stacked.tolist(), strict=True))
+
+
 def _log_step(t: Trainer, epoch: int, parts: dict[str, torch.Tensor], clips_per_s: float) -> None:
-    values = {k: float(v) for k, v in parts.items()}  # the one host sync, at logging steps only
+    values = _reduce_parts(parts)
     if not math.isfinite(values["loss"]):
         lr = float(t.schedules.lr[t.step - 1])
         raise NonFiniteLoss(
