@@ -57,9 +57,11 @@ def train(
     summary = run_train(cfg)
     from lss_cli.cli.render import kv_table, print_json, stdout
 
+    if not summary.pop("is_main"):
+        return  # ranks != 0 stay quiet
     if json_out:
         print_json(summary)
-    elif summary.get("is_main", True):
+    else:
         stdout.print(kv_table("Training finished", summary))
 
 

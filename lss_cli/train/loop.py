@@ -372,7 +372,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             run_epochs(t)
         finally:
             signal.signal(signal.SIGINT, previous)
-        return {"run_dir": str(t.run_dir), "steps": t.step, "skipped_videos": t.skipped_total,
+        return {"is_main": t.dist.is_main, "run_dir": str(t.run_dir), "steps": t.step,
+                "skipped_videos": t.skipped_total,
                 "checkpoint": str(latest_checkpoint(t.run_dir / "checkpoints"))}
     finally:
         if t.metrics is not None:
