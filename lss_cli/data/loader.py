@@ -1,6 +1,8 @@
 """DataLoaders for training (multi-view self-distillation clips) and evaluation (test views).
 
-Training — `build_train_loader(data_cfg, views_cfg, *, seed, rank=0, world_size=1, videos=None)`:
+Training — `build_train_loader(data_cfg, views_cfg, *, seed, rank=0, world_size=1, videos=None)`
+(`seed` is the run seed, the SAME on every rank: the ranks must agree on the shuffle to get
+disjoint shards; per-sample randomness already differs by video index):
 - a `TrainLoader` (a DataLoader) over `videos` (default: `load_dataset(data_cfg.dataset,
   data_cfg.root, data_cfg.split, data_cfg.list_file)`), sharded like DistributedSampler (shuffle
   with `seed + epoch`, pad by wrapping so every rank gets the same count, shard `rank::world_size`);
@@ -127,6 +129,8 @@ class EvalShardSampler(Sampler):
 class TrainClips(Dataset):
     """Multi-view uint8 clips; bad videos are replaced (see the module docstring)."""
 
+    reader = staticmethod(read_views)  # (path, pick, *, seek_mode, timeout) -> frames per view; benchmarks swap it
+
     def __init__(self, videos: VideoList, data_cfg: DataConfig, views_cfg: ViewsConfig, seed: int):
         self.videos, self.data_cfg, self.views, self.seed = videos, data_cfg, views_cfg, seed
         self._known_bad: dict[int, str] = {}  # per worker: index -> reason, so a bad file is read once
@@ -163,8 +167,8 @@ class TrainClips(Dataset):
         if index in self._known_bad:
             raise VideoReadError(self._known_bad[index])
         v = self.views
-        frames = read_views(self.videos.path(index), lambda n: multiview_indices(n, v, g).all(),
-                            seek_mode=self.data_cfg.seek_mode, timeout=self.data_cfg.decode_timeout)
+        frames = self.reader(self.videos.path(index), lambda n: multiview_indices(n, v, g).all(),
+                             seek_mode=self.data_cfg.seek_mode, timeout=self.data_cfg.decode_timeout)
         h, w = frames[0].shape[-2:]
         out = []
         for i, view in enumerate(frames):
@@ -251,6 +255,8 @@ def build_train_loader(data_cfg: DataConfig, views_cfg: ViewsConfig, *, seed: in
 class EvalClips(Dataset):
     """Test views of each video, or an explicit unreadable marker."""
 
+    reader = staticmethod(read_views)  # as in TrainClips
+
     def __init__(self, videos: VideoList, num_frames: int, num_clips: int, num_crops: int, image_size: int,
                  seek_mode: str, decode_timeout: float | None):
         self.videos = videos
@@ -271,9 +277,9 @@ class EvalClips(Dataset):
 
     def _read(self, index: int) -> torch.Tensor:
         """uint8 `[num_clips * num_crops, T, 3, S, S]`."""
-        clips = read_views(self.videos.path(index),
-                           lambda n: list(eval_clip_indices(n, self.num_frames, self.num_clips)),
-                           seek_mode=self.seek_mode, timeout=self.timeout)
+        clips = self.reader(self.videos.path(index),
+                            lambda n: list(eval_clip_indices(n, self.num_frames, self.num_clips)),
+                            seek_mode=self.seek_mode, timeout=self.timeout)
         frames = resize_short_side(torch.cat(clips), self.size)  # [K * T, 3, S', L']
         crops = spatial_crops(frames, self.size, self.num_crops)  # num_crops x [K * T, 3, S, S]
         views = torch.stack(crops, 1).view(self.num_clips, self.num_frames, self.num_crops, 3, self.size, self.size)
