@@ -49,7 +49,7 @@ from lss_cli.data.loader import (  # noqa: E402
     collate_train,
 )
 from lss_cli.data.sampling import multiview_indices, random_resized_crop_box  # noqa: E402
-from lss_cli.data.video_io import encode_video, num_frames, open_video, read_views  # noqa: E402
+from lss_cli.data.video_io import encode_video, num_frames, open_video, read_union  # noqa: E402
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
@@ -123,15 +123,21 @@ def describe(paths: list[Path]) -> str:
 # ---- naive baseline -------------------------------------------------------------------------
 
 
-def naive_read_views(path, pick, *, seek_mode="exact", timeout=None, device="cpu"):
-    """Decode the whole video, then index it."""
+def naive_read_union(path, pick, *, seek_mode="exact", timeout=None, device="cpu"):
+    """Decode the whole video; the views index into all of it."""
     dec = open_video(path, seek_mode=seek_mode)
     frames = dec.get_frames_in_range(0, num_frames(dec)).data  # [N, 3, H, W]
-    return [frames[v] for v in pick(len(frames))]
+    return frames, pick(len(frames))
+
+
+def naive_read_views(path, pick, *, seek_mode="exact", timeout=None, device="cpu"):
+    """Decode the whole video, then index it."""
+    frames, views = naive_read_union(path, pick, seek_mode=seek_mode)
+    return [frames[v] for v in views]
 
 
 class NaiveTrainClips(TrainClips):
-    reader = staticmethod(naive_read_views)
+    reader = staticmethod(naive_read_union)
 
 
 class NaiveEvalClips(EvalClips):
@@ -181,15 +187,15 @@ def breakdown(paths, repeats: int) -> dict:
         for mode in ("approximate", "exact"):
             g = torch.Generator().manual_seed(r)
             t0 = time.perf_counter()
-            frames = read_views(paths[r % len(paths)], lambda n, g=g: multiview_indices(n, views, g).all(),
-                                seek_mode=mode)
+            frames, positions = read_union(paths[r % len(paths)], lambda n, g=g: multiview_indices(n, views, g).all(),
+                                          seek_mode=mode)
             total[mode] += time.perf_counter() - t0
         t1 = time.perf_counter()
-        h, w = frames[0].shape[-2:]
-        for i, f in enumerate(frames):
+        h, w = frames.shape[-2:]
+        for i, rows in enumerate(positions):
             glob = i < views.global_views
             box = random_resized_crop_box(h, w, views.global_scale if glob else views.local_scale, generator=g)
-            crop_resize(f, box, views.global_size if glob else views.local_size)
+            crop_resize(frames, box, views.global_size if glob else views.local_size, rows)
         total["crop"] += time.perf_counter() - t1
     union = len(torch.unique(torch.cat(multiview_indices(300, views, torch.Generator().manual_seed(0)).all())))
     return {"decode_approximate_ms": 1000 * total["approximate"] / repeats, "decode_exact_ms": 1000 * total["exact"] / repeats,

@@ -60,7 +60,7 @@ from lss_cli.data.sampling import (
     multiview_indices,
     random_resized_crop_box,
 )
-from lss_cli.data.video_io import VideoReadError, read_views
+from lss_cli.data.video_io import VideoReadError, read_union, read_views
 from lss_cli.errors import ConfigError, LssError
 
 __all__ = ["EvalShardSampler", "TrainLoader", "TrainShardSampler", "build_eval_loader", "build_train_loader",
@@ -129,7 +129,7 @@ class EvalShardSampler(Sampler):
 class TrainClips(Dataset):
     """Multi-view uint8 clips; bad videos are replaced (see the module docstring)."""
 
-    reader = staticmethod(read_views)  # (path, pick, *, seek_mode, timeout) -> frames per view; benchmarks swap it
+    reader = staticmethod(read_union)  # (path, pick, *, seek_mode, timeout) -> (frames, positions); benchmarks swap it
 
     def __init__(self, videos: VideoList, data_cfg: DataConfig, views_cfg: ViewsConfig, seed: int):
         self.videos, self.data_cfg, self.views, self.seed = videos, data_cfg, views_cfg, seed
@@ -167,14 +167,14 @@ class TrainClips(Dataset):
         if index in self._known_bad:
             raise VideoReadError(self._known_bad[index])
         v = self.views
-        frames = self.reader(self.videos.path(index), lambda n: multiview_indices(n, v, g).all(),
-                             seek_mode=self.data_cfg.seek_mode, timeout=self.data_cfg.decode_timeout)
-        h, w = frames[0].shape[-2:]
+        frames, positions = self.reader(self.videos.path(index), lambda n: multiview_indices(n, v, g).all(),
+                                        seek_mode=self.data_cfg.seek_mode, timeout=self.data_cfg.decode_timeout)
+        h, w = frames.shape[-2:]  # frames: the union of all views' frames [U, 3, H, W]
         out = []
-        for i, view in enumerate(frames):
+        for i, rows in enumerate(positions):
             is_global = i < v.global_views
             scale, size = (v.global_scale, v.global_size) if is_global else (v.local_scale, v.local_size)
-            out.append(crop_resize(view, random_resized_crop_box(h, w, scale, generator=g), size))
+            out.append(crop_resize(frames, random_resized_crop_box(h, w, scale, generator=g), size, rows))
         glob = torch.stack(out[: v.global_views])  # [V_g, T_g, 3, G, G]
         local = out[v.global_views:]
         counts = local_frame_counts(v)
@@ -255,7 +255,7 @@ def build_train_loader(data_cfg: DataConfig, views_cfg: ViewsConfig, *, seed: in
 class EvalClips(Dataset):
     """Test views of each video, or an explicit unreadable marker."""
 
-    reader = staticmethod(read_views)  # as in TrainClips
+    reader = staticmethod(read_views)  # (path, pick, *, seek_mode, timeout) -> frames per view
 
     def __init__(self, videos: VideoList, num_frames: int, num_clips: int, num_crops: int, image_size: int,
                  seek_mode: str, decode_timeout: float | None):
