@@ -151,7 +151,8 @@ class TrainClips(Dataset):
                 self._known_bad.setdefault(index, str(e))
                 bad_paths.append(self.videos.path(index))
                 bad_reasons.append(self._known_bad[index])
-                index = self._substitute(g)
+                # Its own generator: a timed-out decode thread may still hold `g`.
+                index = self._substitute(torch.Generator().manual_seed(sample_seed(self.seed, epoch, index, attempt, -1)))
         raise LssError(f"{MAX_SUBSTITUTES + 1} videos in a row were unreadable (last: {bad_paths[-1]}: {bad_reasons[-1]})",
                        hint="run `lss data check` on the list and fix or remove the unreadable files")
 
