@@ -22,7 +22,7 @@ from lss_cli.data.loader import (
     make_train_views,
 )
 from lss_cli.data.sampling import segment_indices
-from lss_cli.data.video_io import decode_all, encode_video, read_views
+from lss_cli.data.video_io import decode_all, encode_video, read_union, read_views
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # CLIP's
 SMALL = ViewsConfig(global_views=2, global_frames=4, global_size=32, local_views=3, local_frames=[4],
@@ -257,3 +257,22 @@ def test_default_eval_view_is_clip_preprocessing(tmp_path, size):
         diff = ((ours[t] - ref) * torch.tensor(STD).view(3, 1, 1) * 255).abs()
         assert diff.max() <= 1.01, diff.max()  # bilinear would be ~10 levels off
         assert diff.mean() < 0.05
+
+
+def test_crop_of_the_union_equals_crop_of_each_view_decoded_alone(synth_dataset):
+    """The worker crops each view's box out of the union decode; that equals decoding the view on
+    its own and cropping it."""
+    from lss_cli.data.augment import crop_resize
+    from lss_cli.data.sampling import multiview_indices, random_resized_crop_box
+    from lss_cli.data.video_io import decode_at, open_video
+
+    path = synth_dataset / (synth_dataset / "train.txt").read_text().split()[0]
+    g = torch.Generator().manual_seed(4)
+    picked = []
+    frames, positions = read_union(path, lambda n: picked.extend(multiview_indices(n, SMALL, g).all()) or picked,
+                                   timeout=30)
+    assert frames.shape[0] == len(torch.unique(torch.cat(picked)))
+    for view, rows in zip(picked, positions, strict=True):
+        box = random_resized_crop_box(64, 64, (0.1, 0.5), generator=g)
+        alone = decode_at(open_video(path), view.tolist())
+        assert torch.equal(crop_resize(frames, box, 24, rows), crop_resize(alone, box, 24))

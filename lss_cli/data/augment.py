@@ -39,10 +39,14 @@ _LUMA = (0.299, 0.587, 0.114)
 # --------------------------------------------------------------------------------------------
 
 
-def crop_resize(frames: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-    """uint8 `[T, 3, H, W]` -> the box `(top, left, h, w)` resized to uint8 `[T, 3, size, size]`."""
+def crop_resize(frames: torch.Tensor, box: tuple[int, int, int, int], size: int,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 `[N, 3, H, W]` -> the box `(top, left, h, w)` of frames `rows` (default: all) resized
+    to uint8 `[len(rows), 3, size, size]`. Cropping before selecting rows copies only the box."""
     top, left, h, w = box
     crop = frames[:, :, top:top + h, left:left + w]
+    if rows is not None:
+        crop = crop[rows]
     out = F.interpolate(crop.contiguous(memory_format=torch.channels_last), size=(size, size),
                         mode="bicubic", antialias=True, align_corners=False)
     return out.contiguous()
@@ -138,22 +142,32 @@ def _draw_params(b: int, v: int, views: ViewsConfig, generator: torch.Generator 
 
 def augment_views(x: torch.Tensor, views: ViewsConfig, mean: Sequence[float], std: Sequence[float],
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 views `[B, V, T, 3, H, W]` (any device) -> augmented, normalised float32, same shape."""
+    """uint8 views `[B, V, T, 3, H, W]` (any device) -> augmented, normalised float32, same shape.
+
+    Which views are flipped / hue-shifted / grey is decided on the CPU, so the device never has to
+    report back (no host sync) before the model's forward pass."""
     B, V = x.shape[:2]
-    p = {k: t.to(x.device, non_blocking=True) for k, t in _draw_params(B, V, views, generator).items()}
+    p = _draw_params(B, V, views, generator)  # CPU
+
+    def where(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        b, v = mask.nonzero(as_tuple=True)
+        return (b.to(x.device, non_blocking=True), v.to(x.device, non_blocking=True)) if len(b) else None
+
+    def factor(name: str) -> torch.Tensor:
+        return _per_view(p[name].to(x.device, non_blocking=True), x)
+
     x = x.float().div_(255)  # [B, V, T, 3, H, W]
-    if p["flip"].any():
-        x[p["flip"]] = x[p["flip"]].flip(-1)
-    x = (x * _per_view(p["brightness"], x)).clamp_(0, 1)
-    c = _per_view(p["contrast"], x)
+    if (sel := where(p["flip"])) is not None:
+        x[sel] = x[sel].flip(-1)
+    x = (x * factor("brightness")).clamp_(0, 1)
+    c = factor("contrast")
     x = (c * x + (1 - c) * _gray(x).mean(dim=(2, 3, 4, 5), keepdim=True)).clamp_(0, 1)
-    s = _per_view(p["saturation"], x)
+    s = factor("saturation")
     x = (s * x + (1 - s) * _gray(x)).clamp_(0, 1)
-    shifted = p["hue"] != 0
-    if shifted.any():
-        x[shifted] = _hue_shift(x[shifted], p["hue"][shifted])
-    if p["gray"].any():
-        x[p["gray"]] = _gray(x[p["gray"]]).expand_as(x[p["gray"]])
+    if (sel := where(p["hue"] != 0)) is not None:
+        x[sel] = _hue_shift(x[sel], p["hue"][p["hue"] != 0].to(x.device, non_blocking=True))
+    if (sel := where(p["gray"])) is not None:
+        x[sel] = _gray(x[sel]).expand(-1, -1, 3, -1, -1)
     return normalize(x, mean, std)
 
 

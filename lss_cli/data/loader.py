@@ -1,6 +1,8 @@
 """DataLoaders for training (multi-view self-distillation clips) and evaluation (test views).
 
-Training — `build_train_loader(data_cfg, views_cfg, *, seed, rank=0, world_size=1, videos=None)`:
+Training — `build_train_loader(data_cfg, views_cfg, *, seed, rank=0, world_size=1, videos=None)`
+(`seed` is the run seed, the SAME on every rank: the ranks must agree on the shuffle to get
+disjoint shards; per-sample randomness already differs by video index):
 - a `TrainLoader` (a DataLoader) over `videos` (default: `load_dataset(data_cfg.dataset,
   data_cfg.root, data_cfg.split, data_cfg.list_file)`), sharded like DistributedSampler (shuffle
   with `seed + epoch`, pad by wrapping so every rank gets the same count, shard `rank::world_size`);
@@ -58,7 +60,7 @@ from lss_cli.data.sampling import (
     multiview_indices,
     random_resized_crop_box,
 )
-from lss_cli.data.video_io import VideoReadError, read_views
+from lss_cli.data.video_io import VideoReadError, read_union, read_views
 from lss_cli.errors import ConfigError, LssError
 
 __all__ = ["EvalShardSampler", "TrainLoader", "TrainShardSampler", "build_eval_loader", "build_train_loader",
@@ -132,6 +134,8 @@ class EvalShardSampler(Sampler):
 class TrainClips(Dataset):
     """Multi-view uint8 clips; bad videos are replaced (see the module docstring)."""
 
+    reader = staticmethod(read_union)  # (path, pick, *, seek_mode, timeout) -> (frames, positions); benchmarks swap it
+
     def __init__(self, videos: VideoList, data_cfg: DataConfig, views_cfg: ViewsConfig, seed: int):
         self.videos, self.data_cfg, self.views, self.seed = videos, data_cfg, views_cfg, seed
         self._known_bad: dict[int, str] = {}  # per worker: index -> reason, so a bad file is read once
@@ -152,7 +156,8 @@ class TrainClips(Dataset):
                 self._known_bad.setdefault(index, str(e))
                 bad_paths.append(self.videos.path(index))
                 bad_reasons.append(self._known_bad[index])
-                index = self._substitute(g)
+                # Its own generator: a timed-out decode thread may still hold `g`.
+                index = self._substitute(torch.Generator().manual_seed(sample_seed(self.seed, epoch, index, attempt, -1)))
         raise LssError(f"{MAX_SUBSTITUTES + 1} videos in a row were unreadable (last: {bad_paths[-1]}: {bad_reasons[-1]})",
                        hint="run `lss data check` on the list and fix or remove the unreadable files")
 
@@ -168,14 +173,14 @@ class TrainClips(Dataset):
         if index in self._known_bad:
             raise VideoReadError(self._known_bad[index])
         v = self.views
-        frames = read_views(self.videos.path(index), lambda n: multiview_indices(n, v, g).all(),
-                            seek_mode=self.data_cfg.seek_mode, timeout=self.data_cfg.decode_timeout)
-        h, w = frames[0].shape[-2:]
+        frames, positions = self.reader(self.videos.path(index), lambda n: multiview_indices(n, v, g).all(),
+                                        seek_mode=self.data_cfg.seek_mode, timeout=self.data_cfg.decode_timeout)
+        h, w = frames.shape[-2:]  # frames: the union of all views' frames [U, 3, H, W]
         out = []
-        for i, view in enumerate(frames):
+        for i, rows in enumerate(positions):
             is_global = i < v.global_views
             scale, size = (v.global_scale, v.global_size) if is_global else (v.local_scale, v.local_size)
-            out.append(crop_resize(view, random_resized_crop_box(h, w, scale, generator=g), size))
+            out.append(crop_resize(frames, random_resized_crop_box(h, w, scale, generator=g), size, rows))
         glob = torch.stack(out[: v.global_views])  # [V_g, T_g, 3, G, G]
         local = out[v.global_views:]
         counts = local_frame_counts(v)
@@ -256,6 +261,8 @@ def build_train_loader(data_cfg: DataConfig, views_cfg: ViewsConfig, *, seed: in
 class EvalClips(Dataset):
     """Test views of each video, or an explicit unreadable marker."""
 
+    reader = staticmethod(read_views)  # (path, pick, *, seek_mode, timeout) -> frames per view
+
     def __init__(self, videos: VideoList, num_frames: int, num_clips: int, num_crops: int, image_size: int,
                  seek_mode: str, decode_timeout: float | None):
         self.videos = videos
@@ -276,9 +283,9 @@ class EvalClips(Dataset):
 
     def _read(self, index: int) -> torch.Tensor:
         """uint8 `[num_clips * num_crops, T, 3, S, S]`."""
-        clips = read_views(self.videos.path(index),
-                           lambda n: list(eval_clip_indices(n, self.num_frames, self.num_clips)),
-                           seek_mode=self.seek_mode, timeout=self.timeout)
+        clips = self.reader(self.videos.path(index),
+                            lambda n: list(eval_clip_indices(n, self.num_frames, self.num_clips)),
+                            seek_mode=self.seek_mode, timeout=self.timeout)
         frames = resize_short_side(torch.cat(clips), self.size)  # [K * T, 3, S', L']
         crops = spatial_crops(frames, self.size, self.num_crops)  # num_crops x [K * T, 3, S, S]
         views = torch.stack(crops, 1).view(self.num_clips, self.num_frames, self.num_crops, 3, self.size, self.size)

@@ -107,24 +107,25 @@ def _precheck(path: str | Path) -> None:
         raise VideoReadError("empty file (0 bytes)")
 
 
-def read_views(path: str | Path, pick: Callable[[int], list[torch.Tensor]], *, seek_mode: str = "exact",
-               timeout: float | None = None, device: str = "cpu") -> list[torch.Tensor]:
-    """Frames of several views from one file: `pick(num_frames)` returns each view's indices and
-    the union is decoded in one batched call (`lss_cli.data.sampling.decode_views`).
+def read_union(path: str | Path, pick: Callable[[int], list[torch.Tensor]], *, seek_mode: str = "exact",
+               timeout: float | None = None, device: str = "cpu") -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Frames of several views from one file, decoded together: `pick(num_frames)` returns each
+    view's indices; returns (uint8 frames of the sorted union `[U, 3, H, W]`, per view its
+    positions into them), see `lss_cli.data.sampling.decode_union`.
 
     Raises VideoReadError (with a reason) for a missing, empty, unreadable or hanging file. In
     approximate mode a failed decode is retried once in exact mode (the header's frame count can
     be wrong, e.g. in a truncated file), calling `pick` again with the scanned count."""
-    from lss_cli.data.sampling import decode_views
+    from lss_cli.data.sampling import decode_union
 
-    def decode(mode: str) -> list[torch.Tensor]:
+    def decode(mode: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
         dec = open_video(path, device=device, num_threads=1, seek_mode=mode)
         n = num_frames(dec)
         if n < 1:
             raise VideoReadError("no video frames" if mode == "exact" else "no frame count in the header")
-        return decode_views(dec, pick(n))
+        return decode_union(dec, pick(n))
 
-    def run() -> list[torch.Tensor]:
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
         _precheck(path)
         modes = [seek_mode] if seek_mode == "exact" else [seek_mode, "exact"]
         for i, mode in enumerate(modes):
@@ -136,6 +137,13 @@ def read_views(path: str | Path, pick: Callable[[int], list[torch.Tensor]], *, s
         raise AssertionError("unreachable")
 
     return call_with_timeout(run, timeout)
+
+
+def read_views(path: str | Path, pick: Callable[[int], list[torch.Tensor]], *, seek_mode: str = "exact",
+               timeout: float | None = None, device: str = "cpu") -> list[torch.Tensor]:
+    """`read_union`, split back into uint8 frames `[T_v, 3, H, W]` per view."""
+    frames, positions = read_union(path, pick, seek_mode=seek_mode, timeout=timeout, device=device)
+    return [frames[pos] for pos in positions]
 
 
 def check_video(path: str | Path, timeout: float | None = 60.0) -> str | None:

@@ -1,0 +1,275 @@
+"""Data pipeline throughput: self-distillation samples/s and eval clips/s, against a naive baseline.
+
+Generates clips (cached in --out):
+- `mp4-340x256`, `mp4-640x360`: Kinetics-like, 10 s at 30 fps, H.264 (x264, crf 23, a keyframe
+  every 60 frames = 2 s), a textured scene with a camera pan, a moving object and sensor noise;
+- `avi-320x240`: UCF101-like, 7 s at 25 fps, MPEG-4 Part 2 in AVI (what torchcodec's encoder
+  writes for .avi here; UCF101 ships XviD, also MPEG-4 Part 2).
+
+Measures, with DataLoader workers = 1, 2 and all cores:
+- train: decoded + cropped/resized self-distillation samples/s (2 global x 8 frames at 224 + 8 local
+  x 8 frames at 96, SPEC §3.3 defaults): `lss_cli.data.loader.TrainClips` (union of all views'
+  indices in one `get_frames_at`, default `data.seek_mode`) vs naive (decode the whole video,
+  then index);
+- eval: 8-frame single-view clips/s (segment centres, short side 224 bicubic, centre crop):
+  `EvalClips` (exact seek) vs naive;
+- a one-core breakdown of a training sample (decode vs crop/resize) and the cost of the on-device
+  augmentation when the device is this CPU (on a GPU it is a few ms per batch).
+
+Run: `python benchmarks/data_throughput.py` (about 2 minutes on 2 cores, the first run also writes
+the clips; --quick for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lss_cli.config import DataConfig, ViewsConfig  # noqa: E402
+from lss_cli.data.augment import crop_resize, make_train_views  # noqa: E402
+from lss_cli.data.datasets import VideoList  # noqa: E402
+from lss_cli.data.loader import (  # noqa: E402
+    EvalClips,
+    EvalShardSampler,
+    TrainClips,
+    TrainShardSampler,
+    collate_eval,
+    collate_train,
+)
+from lss_cli.data.sampling import multiview_indices, random_resized_crop_box  # noqa: E402
+from lss_cli.data.video_io import encode_video, num_frames, open_video, read_union  # noqa: E402
+
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    height: int
+    width: int
+    seconds: float
+    fps: int
+    suffix: str
+    options: dict | None  # encoder options
+
+
+KINDS = {
+    "mp4-340x256": Kind("mp4-340x256", 256, 340, 10, 30, ".mp4", {"g": 60}),
+    "mp4-640x360": Kind("mp4-640x360", 360, 640, 10, 30, ".mp4", {"g": 60}),
+    "avi-320x240": Kind("avi-320x240", 240, 320, 7, 25, ".avi", None),
+}
+
+
+# ---- clip generation ------------------------------------------------------------------------
+
+
+def render(kind: Kind, seed: int) -> torch.Tensor:
+    """uint8 `[T, 3, H, W]`: a textured scene panned by the camera, a moving object, sensor noise."""
+    g = torch.Generator().manual_seed(seed)
+    H, W, T = kind.height, kind.width, int(kind.seconds * kind.fps)
+    scene = sum(torch.nn.functional.interpolate(torch.rand(1, 3, H * 2 // c, W * 2 // c, generator=g),
+                                                size=(H * 2, W * 2), mode="bicubic") * w
+                for c, w in ((64, 0.6), (16, 0.25), (4, 0.15)))[0].clamp(0, 1)  # [3, 2H, 2W]
+    colour = torch.rand(3, 1, 1, generator=g)
+    frames = torch.empty(T, 3, H, W, dtype=torch.uint8)
+    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    for t in range(T):
+        a = t / T
+        y0 = int((H / 2) * (1 + math.sin(2 * math.pi * a + seed)))
+        x0 = int((W / 2) * (1 + math.cos(1.3 * math.pi * a + seed)))
+        f = scene[:, y0:y0 + H, x0:x0 + W].clone()
+        cy, cx = H * (0.3 + 0.4 * a), W * (0.2 + 0.6 * abs(math.sin(3 * a + seed)))
+        obj = ((ys - cy) / (0.15 * H)) ** 2 + ((xs - cx) / (0.1 * W)) ** 2 < 1
+        f = torch.where(obj, colour, f)
+        f = f + 0.012 * torch.randn(f.shape, generator=g)
+        frames[t] = (f.clamp(0, 1) * 255).round().to(torch.uint8)
+    return frames
+
+
+def make_clips(out: Path, kind: Kind, count: int) -> list[Path]:
+    paths = []
+    for i in range(count):
+        path = out / f"{kind.name}_{i:02d}{kind.suffix}"
+        if not path.exists():
+            tmp = path.with_name(f".tmp-{path.name}")
+            encode_video(render(kind, i), tmp, fps=kind.fps, crf=23, extra_options=kind.options)
+            os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def describe(paths: list[Path]) -> str:
+    dec = open_video(paths[0], seek_mode="exact")
+    md = dec.metadata
+    keys = dec._get_key_frame_indices().tolist() if hasattr(dec, "_get_key_frame_indices") else []
+    gop = f", keyframe every {keys[1] - keys[0]} frames" if len(keys) > 1 else ""
+    seconds = num_frames(dec) / float(md.average_fps)
+    kbps = sum(p.stat().st_size for p in paths) * 8 / 1000 / seconds / len(paths)
+    return f"{md.codec}, {md.width}x{md.height}, {num_frames(dec)} frames @ {md.average_fps:g} fps{gop}, {kbps:.0f} kb/s"
+
+
+# ---- naive baseline -------------------------------------------------------------------------
+
+
+def naive_read_union(path, pick, *, seek_mode="exact", timeout=None, device="cpu"):
+    """Decode the whole video; the views index into all of it."""
+    dec = open_video(path, seek_mode=seek_mode)
+    frames = dec.get_frames_in_range(0, num_frames(dec)).data  # [N, 3, H, W]
+    return frames, pick(len(frames))
+
+
+def naive_read_views(path, pick, *, seek_mode="exact", timeout=None, device="cpu"):
+    """Decode the whole video, then index it."""
+    frames, views = naive_read_union(path, pick, seek_mode=seek_mode)
+    return [frames[v] for v in views]
+
+
+class NaiveTrainClips(TrainClips):
+    reader = staticmethod(naive_read_union)
+
+
+class NaiveEvalClips(EvalClips):
+    reader = staticmethod(naive_read_views)
+
+
+# ---- measurement ----------------------------------------------------------------------------
+
+
+def rate(dataset, sampler, collate, batch_size: int, workers: int, samples: int) -> float:
+    """Samples/s after the first batch (worker start-up excluded)."""
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=workers,
+                        prefetch_factor=2 if workers else None)
+    it = iter(loader)
+    next(it)
+    n, t0 = 0, time.perf_counter()
+    for batch in it:
+        n += len(batch["index"])
+        if n >= samples:
+            break
+    elapsed = time.perf_counter() - t0
+    del it
+    return n / elapsed
+
+
+def train_rate(paths, naive: bool, workers: int, samples: int, batch_size: int) -> float:
+    videos = VideoList("/", [str(p) for p in paths] * 64, [-1] * (64 * len(paths)), [])
+    cls = NaiveTrainClips if naive else TrainClips
+    dataset = cls(videos, DataConfig(), ViewsConfig(), seed=0)  # the default seek mode (exact)
+    sampler = TrainShardSampler(len(videos), seed=0)
+    return rate(dataset, sampler, collate_train, batch_size, workers, samples)
+
+
+def eval_rate(paths, naive: bool, workers: int, samples: int, batch_size: int) -> float:
+    videos = VideoList("/", [str(p) for p in paths] * 64, [-1] * (64 * len(paths)), [])
+    cls = NaiveEvalClips if naive else EvalClips
+    dataset = cls(videos, num_frames=8, num_clips=1, num_crops=1, image_size=224, seek_mode="exact",
+                  decode_timeout=60.0)
+    return rate(dataset, EvalShardSampler(len(videos)), collate_eval, batch_size, workers, samples)
+
+
+def breakdown(paths, repeats: int) -> dict:
+    """One core, no DataLoader: ms per training sample in decode (both seek modes) and crop/resize."""
+    views = ViewsConfig()
+    total = {"approximate": 0.0, "exact": 0.0, "crop": 0.0}
+    for r in range(repeats):
+        for mode in ("approximate", "exact"):
+            g = torch.Generator().manual_seed(r)
+            t0 = time.perf_counter()
+            frames, positions = read_union(paths[r % len(paths)], lambda n, g=g: multiview_indices(n, views, g).all(),
+                                          seek_mode=mode)
+            total[mode] += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        h, w = frames.shape[-2:]
+        for i, rows in enumerate(positions):
+            glob = i < views.global_views
+            box = random_resized_crop_box(h, w, views.global_scale if glob else views.local_scale, generator=g)
+            crop_resize(frames, box, views.global_size if glob else views.local_size, rows)
+        total["crop"] += time.perf_counter() - t1
+    union = len(torch.unique(torch.cat(multiview_indices(300, views, torch.Generator().manual_seed(0)).all())))
+    return {"decode_approximate_ms": 1000 * total["approximate"] / repeats, "decode_exact_ms": 1000 * total["exact"] / repeats,
+            "crop_resize_ms": 1000 * total["crop"] / repeats, "union_frames_of_300": union}
+
+
+def augment_cost(batch_size: int = 4) -> float:
+    """ms per sample of make_train_views with this CPU as the device (all threads)."""
+    views = ViewsConfig()
+    batch = {"global": torch.randint(0, 255, (batch_size, 2, 8, 3, 224, 224), dtype=torch.uint8),
+             "local": torch.randint(0, 255, (batch_size, 8, 8, 3, 96, 96), dtype=torch.uint8)}
+    make_train_views(batch, views, CLIP_MEAN, CLIP_STD, "cpu")
+    t0 = time.perf_counter()
+    make_train_views(batch, views, CLIP_MEAN, CLIP_STD, "cpu")
+    return 1000 * (time.perf_counter() - t0) / batch_size
+
+
+# ---- main -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "lss-bench-data", help="clip cache")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated: " + ", ".join(KINDS))
+    ap.add_argument("--clips", type=int, default=3, help="clips per kind")
+    ap.add_argument("--workers", default="1,2,all", help="DataLoader worker counts ('all' = every core)")
+    ap.add_argument("--samples", type=int, default=16, help="training samples timed per measurement")
+    ap.add_argument("--eval-samples", type=int, default=32, help="eval clips timed per measurement")
+    ap.add_argument("--quick", action="store_true", help="tiny run: 1 kind, 8 samples")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    if args.quick:
+        args.kinds, args.samples, args.eval_samples, args.clips, args.workers = "mp4-340x256", 8, 16, 2, "1"
+    cores = os.cpu_count() or 1
+    workers = sorted({cores if w == "all" else int(w) for w in args.workers.split(",")})
+    torch.set_num_threads(1)  # the main process only collects batches
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"torch {torch.__version__}, {cores} cores, load average before the run {os.getloadavg()[0]:.2f}, "
+          f"clips in {args.out}")
+    results = {"cores": cores, "kinds": {}}
+    for name in args.kinds.split(","):
+        kind = KINDS[name]
+        t0 = time.perf_counter()
+        paths = make_clips(args.out, kind, args.clips)
+        info = describe(paths)
+        print(f"\n## {name}: {info} ({time.perf_counter() - t0:.1f} s to make)")
+        rows = measure_kind(paths, workers, args)
+        results["kinds"][name] = {"clips": info, **rows}
+    torch.set_num_threads(cores)
+    results["augment_cpu_ms_per_sample"] = augment_cost()
+    results["load_average_after"] = os.getloadavg()[0]
+    print(f"\non-device augmentation with the CPU as device: {results['augment_cpu_ms_per_sample']:.1f} ms/sample "
+          f"({cores} threads); on a GPU this runs batched next to the model. "
+          f"Load average after the run: {results['load_average_after']:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def measure_kind(paths: list[Path], workers: list[int], args) -> dict:
+    out = {"breakdown": breakdown(paths, 6 if not args.quick else 2), "rows": []}
+    b = out["breakdown"]
+    print(f"one core, per training sample: decode {b['decode_approximate_ms']:.0f} ms approximate seek / "
+          f"{b['decode_exact_ms']:.0f} ms exact seek (the union of all views is ~{b['union_frames_of_300']} distinct "
+          f"frames of a 300-frame clip), crop+resize {b['crop_resize_ms']:.0f} ms")
+    print(f"{'task':<6} {'workers':>7} {'pipeline/s':>11} {'per core':>9} {'naive/s':>9} {'per core':>9} {'speed-up':>9}")
+    for task, fn, samples, bs in (("train", train_rate, args.samples, 4), ("eval", eval_rate, args.eval_samples, 8)):
+        for w in workers:
+            fast = fn(paths, False, w, samples, bs)
+            slow = fn(paths, True, w, max(bs, samples // 2), bs)
+            out["rows"].append({"task": task, "workers": w, "pipeline": fast, "naive": slow})
+            print(f"{task:<6} {w:>7} {fast:>11.1f} {fast / w:>9.1f} {slow:>9.1f} {slow / w:>9.1f} {fast / slow:>8.2f}x",
+                  flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
