@@ -66,9 +66,13 @@ def uniform_prior(log_p: torch.Tensor) -> torch.Tensor:
     log_mean = torch.logsumexp(log_p, dim=1) - math.log(b)  # [V, K]
     if torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_reduce
+        import warnings
 
-        mean = all_reduce(log_mean.exp()) / torch.distributed.get_world_size()
+        from torch.distributed.nn.functional import all_reduce  # differentiable; its successor is private
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            mean = all_reduce(log_mean.exp()) / torch.distributed.get_world_size()
         log_mean = mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
     return (log_mean.exp() * (log_mean + math.log(k))).sum(dim=-1).mean()
 

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_lss
 
 EXAMPLE = ROOT / "examples" / "synthetic_tiny.yaml"
@@ -46,6 +45,14 @@ def _small(root: Path, **extra: str) -> list[str]:
            "views.local_frames": "[2]", "model.num_frames": "4", "optim.epochs": "2", "log.every": "1",
            "log.save_every": "2", "run.device": "cpu", **extra}
     return [str(EXAMPLE), *(f"{k}={v}" for k, v in cfg.items())]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _metrics(run: Path) -> dict[int, dict]:
@@ -158,9 +165,9 @@ def test_ddp_two_processes_match_one(tmp_path, small_data):
     r = run_lss("train", *common, "data.batch_size=8", "--output-dir", one, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     two = tmp_path / "two"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
                         "-m", "lss_cli", "train", *common, "data.batch_size=4", "--output-dir", str(two)],
-                       env=ENV, capture_output=True, text=True, timeout=600)
+                       env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _metrics(one), _metrics(two)
     assert sorted(a) == sorted(b) == [1, 2]
