@@ -72,23 +72,25 @@ class Trainer:
 # --------------------------------------------------------------------------------------------
 
 
-def _views_to_batches(global_views: torch.Tensor, local_views: Any) -> list[torch.Tensor]:
-    """Student inputs, one tensor per view group, each [B*V, T, 3, S, S] (views batched per size)."""
-    B, Vg = global_views.shape[:2]
-    groups = [global_views.flatten(0, 1)]
+def _view_groups(global_views: torch.Tensor, local_views: Any) -> list[tuple[torch.Tensor, int]]:
+    """(inputs [B*v, T, 3, S, S], v) for each group of same-shaped views: globals, then locals.
+
+    Views of one size go through the encoder in one call; `local_views` is a list (one
+    [B, T_i, 3, S, S] per view) when the local views have different frame counts."""
+    groups = [(global_views.flatten(0, 1), global_views.shape[1])]
     if isinstance(local_views, torch.Tensor):
         if local_views.shape[1] > 0:
-            groups.append(local_views.flatten(0, 1))
-    else:  # per-view frame counts differ: one group per view
-        groups.extend(local_views)
+            groups.append((local_views.flatten(0, 1), local_views.shape[1]))
+    else:
+        groups.extend((view, 1) for view in local_views)
     return groups
 
 
-def _encode_views(forward, groups: list[torch.Tensor], views_per_group: list[int], batch: int) -> torch.Tensor:
+def _encode_views(forward, groups: list[tuple[torch.Tensor, int]], batch: int) -> torch.Tensor:
     """Run the encoder on each view group and return z as [V, B, D] in view order."""
     out = []
-    for x, v in zip(groups, views_per_group, strict=True):
-        z = forward(x)  # [B*v, D] (view-major inside the group: b * v + view)
+    for x, v in groups:
+        z = forward(x)  # [B*v, D]; flatten(0, 1) of [B, v] put view j of clip b at b * v + j
         out.append(z.view(batch, v, -1).transpose(0, 1))  # [v, B, D]
     return torch.cat(out, 0)
 
@@ -107,17 +109,16 @@ def train_step(t: Trainer, micro_batches: list[Any], step: int, make_views=None)
     parts_sum: dict[str, torch.Tensor] = {}
     make_views = make_views or (lambda batch, i: _make_views(t, batch, step, i))
     for i, batch in enumerate(micro_batches):
-        global_views, local_views = make_views(batch, i)
-        B, Vg = global_views.shape[:2]
-        groups = _views_to_batches(global_views, local_views)
-        per_group = [Vg] + ([local_views.shape[1]] if isinstance(local_views, torch.Tensor) and local_views.shape[1] > 0
-                            else [1] * (0 if isinstance(local_views, torch.Tensor) else len(local_views)))
+        global_views, local_views = make_views(batch, i)  # [B, V_g, T, 3, G, G], [B, V_l, T_l, 3, L, L]
+        B = global_views.shape[0]
+        groups = _view_groups(global_views, local_views)
+        # DDP all-reduces gradients only on the last micro-batch of an accumulation group.
         sync = i == len(micro_batches) - 1 or not t.dist.distributed
         with autocast:
             with torch.no_grad():
-                teacher_z = _encode_views(t.teacher_fwd, groups[:1], per_group[:1], B)  # [V_g, B, D]
+                teacher_z = _encode_views(t.teacher_fwd, groups[:1], B)  # [V_g, B, D]: global views only
             with (nullcontext() if sync else t.student.no_sync()):
-                student_z = _encode_views(t.student_fwd, groups, per_group, B)  # [V_g + V_l, B, D]
+                student_z = _encode_views(t.student_fwd, groups, B)  # [V_g + V_l, B, D]
                 loss, parts = t.loss_fn(student_z, teacher_z, student_temp, teacher_temp)
                 (loss / len(micro_batches)).backward()
         for k, v in parts.items():
@@ -163,7 +164,7 @@ def train_one_epoch(t: Trainer, epoch: int, progress, task) -> None:
         parts = train_step(t, micro, t.step)
         skipped = sum(int(b.get("skipped", 0)) for b in micro)
         t.skipped_total += skipped
-        clips += sum(b["frames"].shape[0] if "frames" in b else cfg.data.batch_size for b in micro)
+        clips += sum(b["global"].shape[0] for b in micro)
         micro = []
         t.step += 1
         progress.update(task, advance=1)
