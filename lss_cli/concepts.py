@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from lss_cli.errors import ConfigError, InputFileError
+from lss_cli.hashing import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -82,14 +83,6 @@ class TemplateSet:
 
     def render(self, name: str) -> list[str]:
         return [t.format(name) for t in self.templates]
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def text_sha256(lines: Sequence[str]) -> str:

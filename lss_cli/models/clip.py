@@ -23,6 +23,7 @@ import open_clip
 import torch
 
 from lss_cli.errors import ConfigError, LssError
+from lss_cli.hashing import file_sha256
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -48,21 +49,6 @@ class Clip:
     @property
     def embed_dim(self) -> int:
         return int(self.model.visual.output_dim)
-
-
-def file_sha256(path: str | Path) -> str:
-    path = Path(path)
-    st = path.stat()
-    return _sha256_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
-
-
-@lru_cache(maxsize=32)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def list_models() -> list[str]:

@@ -62,7 +62,8 @@ def export_teacher(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
 
 
 def _load_export(path: Path, device: str | torch.device) -> VideoModel:
-    from lss_cli.models.clip import file_sha256, load_clip
+    from lss_cli.hashing import file_sha256
+    from lss_cli.models.clip import load_clip
     from lss_cli.models.video import build_video_encoder
 
     with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -93,7 +94,7 @@ def _load_checkpoint(path: Path, device: str | torch.device) -> VideoModel:
     clip = load_clip(cfg.model.name, cfg.model.pretrained, seed=cfg.run.seed)
     encoder = build_video_encoder(clip, cfg.model)
     encoder.load_state_dict(ck.teacher)
-    from lss_cli.models.clip import file_sha256
+    from lss_cli.hashing import file_sha256
 
     return VideoModel(encoder.to(device).eval(), clip, str(ck.path),
                       f"ckpt-sha256:{file_sha256(ck.path / 'teacher.safetensors')}", {"step": ck.step})
