@@ -6,7 +6,10 @@ PY=${PY:-python3}
 VENV=${VENV:-.venv}
 
 have_ffmpeg_libs() {
-    ldconfig -p 2>/dev/null | grep -q 'libavcodec\.so\.' && ldconfig -p | grep -q 'libavformat\.so\.'
+    # Capture first: `ldconfig -p | grep -q` under pipefail fails when grep exits early (SIGPIPE).
+    local libs
+    libs=$(ldconfig -p 2>/dev/null || true)
+    [[ $libs == *libavcodec.so.* && $libs == *libavformat.so.* && $libs == *libswscale.so.* ]]
 }
 
 if ! have_ffmpeg_libs; then
