@@ -79,3 +79,19 @@ def test_device_resolution():
         assert resolve_device("auto").type == "cpu"
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+def test_tensorboard_mirror_or_clear_error(tmp_path):
+    from lss_cli.runtime.metrics import tensorboard_writer_class
+
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="tensorboard") as e:
+            MetricsWriter(tmp_path / "m.jsonl", tensorboard=True)
+        assert "lss-cli[tensorboard]" in e.value.hint
+        return
+    tensorboard_writer_class()
+    with MetricsWriter(tmp_path / "m.jsonl", tensorboard=True) as m:
+        m.write({"step": 1, "loss": 2.0})
+    assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())

@@ -9,11 +9,27 @@ from pathlib import Path
 from typing import Any
 
 
+def tensorboard_writer_class():
+    """torch's SummaryWriter, or a ConfigError saying how to get it (checked before any heavy work)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from lss_cli.errors import ConfigError
+
+        raise ConfigError("log.tensorboard=true needs the tensorboard package",
+                          hint="pip install 'lss-cli[tensorboard]', or set log.tensorboard=false") from None
+    return SummaryWriter
+
+
 class MetricsWriter:
-    def __init__(self, path: str | Path, enabled: bool = True):
+    """Appends records to metrics.jsonl; with `tensorboard`, mirrors numeric fields as scalars
+    (x axis = the record's `step`) into the same folder."""
+
+    def __init__(self, path: str | Path, enabled: bool = True, tensorboard: bool = False):
         self.path = Path(path)
         self.enabled = enabled
         self._f = open(self.path, "a") if enabled else None
+        self._tb = tensorboard_writer_class()(log_dir=str(self.path.parent)) if enabled and tensorboard else None
 
     def write(self, record: dict[str, Any]) -> None:
         if self._f is None:
@@ -22,11 +38,18 @@ class MetricsWriter:
         self._f.write(json.dumps(clean) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
+        if self._tb is not None:
+            for k, v in clean.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self._tb.add_scalar(k, v, global_step=record.get("step"))
 
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
             self._f = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
     def __enter__(self) -> MetricsWriter:
         return self

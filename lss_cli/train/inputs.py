@@ -20,6 +20,10 @@ def _synthetic(cfg: TrainConfig) -> bool:
 
 def check_inputs(cfg: TrainConfig) -> None:
     """Fail fast, naming the missing input and how to make it."""
+    if cfg.log.tensorboard:
+        from lss_cli.runtime.metrics import tensorboard_writer_class
+
+        tensorboard_writer_class()
     if not Path(cfg.loss.concepts).is_file() and not _synthetic(cfg):
         raise ConfigError(f"concept bank not found: {cfg.loss.concepts}",
                           hint="build it with `lss build-concepts ... --out " + cfg.loss.concepts + "`")

@@ -365,7 +365,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             _resume(t)
         if t.dist.is_main:
             write_run_files(t.run_dir, dump_yaml(cfg), device=str(t.device))
-            t.metrics = MetricsWriter(t.run_dir / "metrics.jsonl")
+            t.metrics = MetricsWriter(t.run_dir / "metrics.jsonl", tensorboard=cfg.log.tensorboard)
             for k, v in t.header.items():
                 log(f"[bold]{k:>8}[/bold]  {v}")
         previous = signal.signal(signal.SIGINT, lambda *_: setattr(t, "stop_requested", True))
