@@ -66,10 +66,19 @@ class FeatureCache:
             self._read()
 
     def _read(self) -> None:
-        with safe_open(str(self.path), framework="pt") as f:
-            meta = f.metadata()
-            feats, ok = f.get_tensor("feats"), f.get_tensor("ok")
-        rows = json.loads(meta["rows"])
+        """Load the entries; a damaged cache file is ignored (and replaced on save), never fatal."""
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                meta = f.metadata() or {}
+                feats, ok = f.get_tensor("feats"), f.get_tensor("ok")  # [n, V, D], [n]
+            rows = json.loads(meta["rows"])
+            if len(rows) != len(feats) or len(rows) != len(ok):
+                raise ValueError(f"{len(rows)} rows for {len(feats)} feature rows")
+        except Exception as e:  # noqa: BLE001 - any damage means: recompute
+            from lss_cli.runtime.progress import warn
+
+            warn(f"ignoring the unreadable feature cache {self.path} ({type(e).__name__}: {e}); it will be rebuilt")
+            return
         for i, (path, stamp, error) in enumerate(rows):
             self.entries[path] = (stamp, feats[i], bool(ok[i]), error)
 
@@ -80,6 +89,8 @@ class FeatureCache:
         return hit[1], hit[2], hit[3]
 
     def add(self, path: str, feat: torch.Tensor, ok: bool, error: str) -> None:
+        if not ok and "did not finish within" in error:
+            return  # a decode timeout may be transient (a slow mount): try that file again next time
         self.entries[path] = (_file_stamp(path), feat, ok, error)
 
     def save(self) -> None:

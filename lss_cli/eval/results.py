@@ -14,6 +14,8 @@ from typing import Any
 from lss_cli.config import EvalConfig
 from lss_cli.runtime.rundir import default_run_dir, environment, prepare_run_dir, write_text_atomic
 
+DEFAULT_CACHE_DIR = Path("runs") / "feature-cache"  # shared by every eval run started in this folder
+
 
 def evaluate(cfg: EvalConfig, protocol: str, *, output_dir: str | Path | None = None,
              overwrite: bool = False) -> dict[str, Any]:
@@ -27,8 +29,8 @@ def evaluate(cfg: EvalConfig, protocol: str, *, output_dir: str | Path | None = 
     out = Path(cfg.out) if cfg.out else None
     run_dir = Path(output_dir) if output_dir else (out.parent if out else default_run_dir(f"eval-{protocol}"))
     prepare_run_dir(run_dir, overwrite=overwrite or (out is not None and output_dir is None))
-    model = load_video_model(cfg.checkpoint, model=cfg.model, pretrained=cfg.pretrained, device=device)
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path("runs") / "feature-cache"
+    model = load_video_model(cfg.checkpoint, model=cfg.model, pretrained=cfg.pretrained, device=device, seed=cfg.seed)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE_DIR
     ctx = EvalContext(cfg, model, device, cache_dir, Views(cfg.num_frames, cfg.num_clips, cfg.num_crops))
     results = run_protocol(ctx, protocol)
     results["environment"] = environment(str(device))
@@ -50,7 +52,7 @@ def write_plots(results: dict[str, Any], run_dir: Path) -> list[str]:
         return []
     written = []
     for s in results["splits"]:
-        tag = f"{results['protocol']}-split{s['split']}".replace("--", "-")
+        tag = results["protocol"] if s["split"] == "-" else f"{results['protocol']}-split{s['split']}"
         names = list(s["per_class_top1"])
         acc = [v if v is not None else 0.0 for v in s["per_class_top1"].values()]
         fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(names)), 4))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from lss_cli import __version__
@@ -65,12 +65,15 @@ def _load_export(path: Path, device: str | torch.device) -> VideoModel:
     from lss_cli.models.clip import file_sha256, load_clip
     from lss_cli.models.video import build_video_encoder
 
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise InputFileError(f"{path} is not an lss video model export (format {meta.get('format')!r})",
-                                 hint="create one with `lss export RUN_DIR --out model.safetensors`")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    hint = "create one with `lss export RUN_DIR --out model.safetensors`"
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise InputFileError(f"{path} is not an lss video model export (format {meta.get('format')!r})", hint=hint)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    except (OSError, SafetensorError) as e:
+        raise InputFileError(f"{path} is not a readable safetensors file: {e}", hint=hint) from None
     m = json.loads(meta["model"])
     clip = load_clip(m["name"], None)  # architecture only; weights come from the file
     clip_state = {k[5:]: v for k, v in tensors.items() if k.startswith("clip.")}
@@ -78,8 +81,15 @@ def _load_export(path: Path, device: str | torch.device) -> VideoModel:
     if unexpected or any(not k.startswith("visual.") for k in missing):
         raise LssError(f"{path}: text-side weights do not match {m['name']}")
     clip.weights_id = meta.get("clip_weights_id", clip.weights_id)
+    # The preprocessing of the weights the model was trained from (a local-dir config may differ
+    # from the architecture's defaults).
+    clip.mean, clip.std = tuple(json.loads(meta["mean"])), tuple(json.loads(meta["std"]))
+    clip.image_size = int(meta["image_size"])
     encoder = build_video_encoder(clip, ModelConfig(name=m["name"], temporal=m["temporal"], num_frames=m["num_frames"]))
-    encoder.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("video.")})
+    try:
+        encoder.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("video.")})
+    except RuntimeError as e:
+        raise LssError(f"{path}: the video weights do not fit {m['name']} ({m['temporal']}): {e}", hint=hint) from None
     return VideoModel(encoder.to(device).eval(), clip, str(path), f"sha256:{file_sha256(path)}", meta)
 
 
