@@ -249,11 +249,15 @@ def _colour_set(root: Path, n_per_class: int, seed: int) -> None:
 def test_linear_probe_learns_separable_videos(tmp_path):
     _colour_set(tmp_path / "colours", n_per_class=9, seed=0)
     cfg = EvalConfig(dataset="list", root=str(tmp_path / "colours"), checkpoint="none", model="lss-tiny",
-                     pretrained=None, num_frames=2, num_workers=0, cache_dir=str(tmp_path / "cache"), device="cpu")
-    results = evaluate(cfg, "linear-probe", output_dir=tmp_path / "run")
+                     pretrained=None, num_frames=2, num_workers=0, cache_dir=str(tmp_path / "cache"), device="cpu",
+                     out=str(tmp_path / "results" / "probe.json"))
+    results = evaluate(cfg, "linear-probe")
     split = results["splits"][0]
     assert split["train_videos_used"] == 24 and split["videos_listed"] == 12
     assert split["top1"] >= 0.9
+    # --out alone: the results file where asked, the plots beside it under its name.
+    assert json.loads((tmp_path / "results" / "probe.json").read_text())["splits"][0]["top1"] == split["top1"]
+    assert (tmp_path / "results" / "per_class_probe-linear-probe.png").is_file()
 
 
 def test_linear_probe_refuses_to_train_on_its_test_list(zs, tmp_path):
@@ -325,3 +329,31 @@ def test_unlabelled_eval_list_is_refused(tmp_path, synth_dataset):
                      cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ConfigError, match="no label"):
         evaluate(cfg, "zero-shot", output_dir=tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_torchrun_eval_shards_and_reports_once(zs, tmp_path):
+    import subprocess
+    import sys
+
+    lines = zs["list"].read_text().splitlines()
+    (tmp_path / "five.txt").write_text("\n".join(lines[:3] + lines[12:14]) + "\n")  # an odd count: uneven shards
+    args = ["eval", "zero-shot", "--dataset", "list", "--list-file", str(tmp_path / "five.txt"), "--root",
+            str(zs["root"]), "--checkpoint", "none", "--model", "lss-tiny", "--pretrained", str(zs["weights"]),
+            "--device", "cpu", "--num-frames", "2", "num_workers=0"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "lss_cli", *args,
+                        "--output-dir", str(tmp_path / "ddp"), f"cache_dir={tmp_path / 'cache'}"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("results: ") == 1  # rank 0 alone reports and writes
+    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    cfg = EvalConfig(dataset="list", root=str(zs["root"]), list_file=str(tmp_path / "five.txt"), checkpoint="none",
+                     model="lss-tiny", pretrained=str(zs["weights"]), num_frames=2, num_workers=0, device="cpu",
+                     cache_dir=str(tmp_path / "cache1"))
+    single = evaluate(cfg, "zero-shot", output_dir=tmp_path / "single")
+    assert ddp["environment"]["world_size"] == 2 and ddp["splits"][0]["videos_evaluated"] == 5
+    assert ddp["splits"][0]["predictions"] == single["splits"][0]["predictions"]
+    cache = extract_features(load_video_model("none", model="lss-tiny", pretrained=str(zs["weights"])),
+                             load_dataset("list", zs["root"], "test", tmp_path / "five.txt"), Views(num_frames=2),
+                             cache_dir=tmp_path / "cache", num_workers=0)
+    assert cache.decoded == 0  # the gathered features were all cached by rank 0: none duplicated or lost

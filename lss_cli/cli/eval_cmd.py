@@ -42,7 +42,8 @@ def _run(protocol: str, args, flags: dict[str, Any], output_dir, overwrite: bool
     path, overrides = split_config_args(args)
     cfg = load_config(EvalConfig, path, overrides, flags=flags)
     results = evaluate(cfg, protocol, output_dir=output_dir, overwrite=overwrite)
-    render_results(results, json_out)
+    if results["is_main"]:  # under torchrun, rank 0 reports
+        render_results(results, json_out)
 
 
 def render_results(results: dict[str, Any], json_out: bool) -> None:
@@ -52,7 +53,7 @@ def render_results(results: dict[str, Any], json_out: bool) -> None:
     from lss_cli.cli.render import print_json, stdout
 
     if json_out:
-        slim = {k: v for k, v in results.items() if k not in ("splits", "config", "environment")}
+        slim = {k: v for k, v in results.items() if k not in ("splits", "config", "environment", "is_main")}
         slim["splits"] = [{k: v for k, v in s.items() if k not in ("confusion", "predictions", "per_class_top1", "classes")}
                           for s in results["splits"]]
         return print_json(slim)

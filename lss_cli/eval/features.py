@@ -178,6 +178,7 @@ def extract_features(model, videos, views: Views, *, kind: str = "proj", cache_d
                 cache.add(videos.path(i), *got[j])
         if cache is not None and _is_main():
             cache.save()
+        _barrier()  # every rank then reads the same cache file, so all agree on what is missing
     feats = torch.stack([rows[i][0] for i in range(len(videos))])
     ok = torch.tensor([rows[i][1] for i in range(len(videos))], dtype=torch.bool)
     errors = {i: rows[i][2] for i in range(len(videos)) if not rows[i][1]}
@@ -194,3 +195,10 @@ def _rank_world() -> tuple[int, int]:
 
 def _is_main() -> bool:
     return _rank_world()[0] == 0
+
+
+def _barrier() -> None:
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()

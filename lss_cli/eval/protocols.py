@@ -12,7 +12,7 @@ they are left out of the fit and listed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class EvalContext:
     device: torch.device
     cache_dir: Path | None
     views: Views
+    classifiers: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)  # class names -> [K, D]
 
 
 def split_names(cfg: EvalConfig) -> list[str]:
@@ -119,8 +120,10 @@ def zero_shot_split(ctx: EvalContext, split: str) -> dict[str, Any]:
     videos = load_split(ctx.cfg, split, "test")
     _require_labels(videos, f"split {split} test list")
     feats = _features(ctx, videos, "proj", f"zero-shot split {split}")
-    templates = load_templates(ctx.cfg.templates)
-    classifier = build_category_bank(ctx.model.clip, videos.classes, templates)  # [K, D]
+    classes = tuple(videos.classes)
+    if classes not in ctx.classifiers:  # UCF101's and HMDB51's splits share their classes: encode once
+        ctx.classifiers[classes] = build_category_bank(ctx.model.clip, classes, load_templates(ctx.cfg.templates))
+    classifier = ctx.classifiers[classes]  # [K, D]
     logit_scale = float(ctx.model.clip.model.logit_scale.detach().exp())
     probs = view_averaged_probs(feats.feats, classifier, logit_scale)  # [N, K]
     labels = torch.as_tensor(videos.labels)

@@ -61,7 +61,7 @@ def export_teacher(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
     return {"out": str(out), "step": ck.step, "tensors": len(tensors), "model": cfg.model.name}
 
 
-def _load_export(path: Path, device: str | torch.device) -> VideoModel:
+def _load_export(path: Path) -> VideoModel:
     from lss_cli.models.clip import file_sha256, load_clip
     from lss_cli.models.video import build_video_encoder
 
@@ -90,11 +90,11 @@ def _load_export(path: Path, device: str | torch.device) -> VideoModel:
         encoder.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("video.")})
     except RuntimeError as e:
         raise LssError(f"{path}: the video weights do not fit {m['name']} ({m['temporal']}): {e}", hint=hint) from None
-    return VideoModel(encoder.to(device).eval(), clip, str(path), f"sha256:{file_sha256(path)}", meta)
+    return VideoModel(encoder, clip, str(path), f"sha256:{file_sha256(path)}", meta)
 
 
-def _load_checkpoint(path: Path, device: str | torch.device) -> VideoModel:
-    from lss_cli.models.clip import load_clip
+def _load_checkpoint(path: Path) -> VideoModel:
+    from lss_cli.models.clip import file_sha256, load_clip
     from lss_cli.models.video import build_video_encoder
     from lss_cli.train.checkpoint import load_checkpoint
 
@@ -102,16 +102,26 @@ def _load_checkpoint(path: Path, device: str | torch.device) -> VideoModel:
     cfg = from_dict(TrainConfig, ck.meta["config"])
     clip = load_clip(cfg.model.name, cfg.model.pretrained, seed=cfg.run.seed)
     encoder = build_video_encoder(clip, cfg.model)
-    encoder.load_state_dict(ck.teacher)
-    from lss_cli.models.clip import file_sha256
-
-    return VideoModel(encoder.to(device).eval(), clip, str(ck.path),
-                      f"ckpt-sha256:{file_sha256(ck.path / 'teacher.safetensors')}", {"step": ck.step})
+    try:
+        encoder.load_state_dict(ck.teacher)
+    except RuntimeError as e:
+        raise LssError(f"{ck.path}: the teacher weights do not fit {cfg.model.name} ({cfg.model.temporal}): {e}") from None
+    return VideoModel(encoder, clip, str(ck.path), f"ckpt-sha256:{file_sha256(ck.path / 'teacher.safetensors')}",
+                      {"step": ck.step})
 
 
 def load_video_model(source: str | Path | None, *, model: str = "ViT-B-16", pretrained: str | None = "openai",
                      device: str | torch.device = "cpu", seed: int = 0) -> VideoModel:
-    """The model eval/predict run: an export, a training checkpoint, or (None) the CLIP baseline."""
+    """The model eval/predict run: an export, a training checkpoint, or (None / "none") the CLIP
+    baseline of `model` / `pretrained` (`seed` for a random init). Video and text towers end up on
+    `device`, so zero-shot classifiers are encoded there too."""
+    vm = _load(source, model, pretrained, seed)
+    vm.encoder.to(device).eval()
+    vm.clip.model.to(device)
+    return vm
+
+
+def _load(source: str | Path | None, model: str, pretrained: str | None, seed: int) -> VideoModel:
     if source is None or str(source).lower() in ("none", "baseline"):
         from lss_cli.models.clip import load_clip
         from lss_cli.models.video import build_video_encoder
@@ -119,11 +129,11 @@ def load_video_model(source: str | Path | None, *, model: str = "ViT-B-16", pret
         clip = load_clip(model, pretrained, seed=seed)
         # temporal="mean": no new parameters, exactly CLIP applied per frame then averaged.
         encoder = build_video_encoder(clip, ModelConfig(name=model, pretrained=pretrained, temporal="mean"))
-        return VideoModel(encoder.to(device).eval(), clip, "baseline", f"{model}:{clip.weights_id}", {})
+        return VideoModel(encoder, clip, "baseline", f"{model}:{clip.weights_id}", {})
     path = Path(source)
     if path.is_file() and path.suffix == ".safetensors":
-        return _load_export(path, device)
+        return _load_export(path)
     if path.exists():
-        return _load_checkpoint(path, device)
+        return _load_checkpoint(path)
     raise InputFileError(f"model not found: {path}",
                          hint="pass an exported .safetensors, a run dir / checkpoint dir, or `none` for the baseline")
