@@ -267,6 +267,10 @@ def test_linear_probe_refuses_to_train_on_its_test_list(zs, tmp_path):
                      model="lss-tiny", pretrained=None, device="cpu", cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ConfigError, match="--train-list"):
         evaluate(cfg, "linear-probe", output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before writing anything
+    k600 = EvalConfig(dataset="kinetics600-zs", root=str(zs["root"]), checkpoint="none")
+    with pytest.raises(ConfigError, match="list-file"):
+        evaluate(k600, "zero-shot", output_dir=tmp_path / "run")
 
 
 # --------------------------------------------------------------------------------------------

@@ -163,7 +163,7 @@ def extract_features(model, videos, views: Views, *, kind: str = "proj", cache_d
     rows: dict[int, tuple[torch.Tensor, bool, str]] = {}
     missing = []
     for i in range(len(videos)):
-        hit = cache.lookup(videos.path(i)) if cache is not None else None
+        hit = cache.lookup(_key(videos.path(i))) if cache is not None else None
         if hit is None:
             missing.append(i)
         else:
@@ -175,7 +175,7 @@ def extract_features(model, videos, views: Views, *, kind: str = "proj", cache_d
         for j, i in enumerate(missing):
             rows[i] = got[j]
             if cache is not None:
-                cache.add(videos.path(i), *got[j])
+                cache.add(_key(videos.path(i)), *got[j])
         if cache is not None and _is_main():
             cache.save()
         _barrier()  # every rank then reads the same cache file, so all agree on what is missing
@@ -183,6 +183,11 @@ def extract_features(model, videos, views: Views, *, kind: str = "proj", cache_d
     ok = torch.tensor([rows[i][1] for i in range(len(videos))], dtype=torch.bool)
     errors = {i: rows[i][2] for i in range(len(videos)) if not rows[i][1]}
     return Features(feats, ok, errors, decoded=len(missing))
+
+
+def _key(path: str) -> str:
+    """Cache entries are keyed by absolute path: a relative root means another file from another folder."""
+    return os.path.abspath(path)
 
 
 def _rank_world() -> tuple[int, int]:

@@ -47,30 +47,39 @@ def split_names(cfg: EvalConfig) -> list[str]:
     return [str(k) for k in cfg.splits] if cfg.dataset in SPLIT_DATASETS else ["-"]
 
 
+def check_protocol(cfg: EvalConfig, protocol: str) -> None:
+    """Usage errors found before any model is loaded or any file written."""
+    if protocol not in ("zero-shot", "linear-probe"):
+        raise ConfigError(f"unknown protocol {protocol!r}", hint="zero-shot or linear-probe")
+    if cfg.dataset == "kinetics600-zs" and cfg.list_file is None:
+        raise ConfigError("kinetics600-zs needs the video list of its classes: no Kinetics video list ships",
+                          hint="pass --list-file: a Kinetics CSV, or a `path label` list with ids 0..159 per split")
+    if protocol != "linear-probe" or cfg.dataset in ("ucf101", "hmdb51"):
+        return
+    if cfg.dataset == "kinetics600-zs":
+        raise ConfigError("kinetics600-zs is a zero-shot protocol: it has no training part",
+                          hint="linear-probe on ucf101, hmdb51 or your own lists")
+    if cfg.train_list is None and (cfg.dataset == "folder" or cfg.list_file is not None):
+        what = "dataset folder has one list of videos" if cfg.dataset == "folder" else \
+            f"--list-file {cfg.list_file} gives the test videos"
+        raise ConfigError(f"{what}; a linear probe also needs separate training videos",
+                          hint="add --train-list TRAIN.txt (labelled with the same classes)")
+
+
 def load_split(cfg: EvalConfig, split: str, part: str):
     """The VideoList of one split's `part` ("train" or "test").
 
     Official datasets take both parts from their split files. Other datasets take the test part
     from `list_file` (else their own test list) and the train part from `train_list` (else their
-    own train list); a linear probe never trains on the list it is scored on."""
+    own train list); a linear probe never trains on the list it is scored on (`check_protocol`)."""
     from lss_cli.data.datasets import load_dataset
 
     if cfg.dataset == "kinetics600-zs":
-        if part != "test":
-            raise ConfigError("kinetics600-zs is a zero-shot protocol: it has no training part",
-                              hint="linear-probe on ucf101, hmdb51 or your own lists")
         return load_dataset(cfg.dataset, cfg.root, int(split), cfg.list_file)
     if cfg.dataset in ("ucf101", "hmdb51"):
         return load_dataset(cfg.dataset, cfg.root, f"{part}{split}")
-    if part == "train":
-        if cfg.dataset == "folder" and cfg.train_list is None:
-            raise ConfigError("dataset folder has one list of videos: a linear probe needs separate train and test lists",
-                              hint="use --dataset list with --list-file TEST.txt and --train-list TRAIN.txt")
-        if cfg.list_file is not None and cfg.train_list is None:
-            raise ConfigError(f"--list-file {cfg.list_file} gives the test videos; the linear probe also needs training videos",
-                              hint="add --train-list TRAIN.txt (labelled like the test list)")
-        if cfg.train_list is not None:
-            return load_dataset("list" if cfg.dataset == "folder" else cfg.dataset, cfg.root, "train", cfg.train_list)
+    if part == "train" and cfg.train_list is not None:
+        return load_dataset("list" if cfg.dataset == "folder" else cfg.dataset, cfg.root, "train", cfg.train_list)
     return load_dataset(cfg.dataset, cfg.root, part, cfg.list_file)
 
 
@@ -88,6 +97,8 @@ def _require_labels(videos, what: str) -> None:
     """Every listed video needs a class: an unlabelled one cannot be scored (nor silently skipped)."""
     import numpy as np
 
+    if len(videos) == 0:
+        raise ConfigError(f"{what} has no videos ({videos.source})", hint="check --root, --list-file and --splits")
     missing = np.flatnonzero(videos.labels < 0)
     if len(missing):
         raise ConfigError(f"{what}: {len(missing)} of {len(videos)} videos have no label (first: {videos.relpath(int(missing[0]))})",

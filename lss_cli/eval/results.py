@@ -27,11 +27,12 @@ def evaluate(cfg: EvalConfig, protocol: str, *, output_dir: str | Path | None = 
     import torch
 
     from lss_cli.eval.features import Views
-    from lss_cli.eval.protocols import EvalContext, run_protocol
+    from lss_cli.eval.protocols import EvalContext, check_protocol, run_protocol
     from lss_cli.models.export import load_video_model
     from lss_cli.runtime.device import resolve_device
     from lss_cli.runtime.dist import barrier, cleanup, init_distributed
 
+    check_protocol(cfg, protocol)
     device = resolve_device(cfg.device)
     dist = init_distributed(device.type)
     if dist.distributed and device.type == "cuda":
