@@ -55,6 +55,7 @@ def export_teacher(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
         "image_size": str(clip.image_size),
     }
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(out)
