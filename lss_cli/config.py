@@ -312,11 +312,13 @@ class EvalConfig:
 
     dataset: str = "ucf101"  # ucf101 | hmdb51 | kinetics600-zs | list | folder | synthetic
     root: str = "data/ucf101"  # dataset root
-    list_file: str | None = None  # annotation list (dataset=list)
+    list_file: str | None = None  # test/eval list (dataset=list; the user's list for kinetics600-zs)
+    train_list: str | None = None  # linear probe: training list when list_file is given (else <root>/train.txt)
     splits: list[int] = field(default_factory=lambda: [1, 2, 3])  # official splits to evaluate
     checkpoint: str | None = None  # exported model or training checkpoint; None = plain CLIP baseline
     model: str = "ViT-B-16"  # CLIP model for the baseline (a checkpoint carries its own)
-    pretrained: str | None = "openai"  # its weights
+    pretrained: str | None = "openai"  # its weights (tag, file, local-dir:PATH, or none = random init)
+    seed: int = 0  # random-init seed of a baseline with pretrained none (training uses run.seed the same way)
     templates: str = "action_templates_v1"  # zero-shot prompt templates (prompts/ name or path)
     num_frames: int = 8  # frames per view (centres of equal segments)
     num_clips: int = 1  # temporal views
@@ -324,7 +326,7 @@ class EvalConfig:
     features: Literal["pre-proj", "proj"] = "proj"  # linear probe: features before or after the projection
     batch_size: int = 16  # clips per forward
     num_workers: int = 4  # decoding workers
-    cache_dir: str | None = None  # feature cache; None = <run dir>/../feature-cache
+    cache_dir: str | None = None  # per-video feature cache; None = runs/feature-cache (shared by all evals)
     out: str | None = None  # results JSON; None = <run dir>/results.json
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -334,6 +336,8 @@ class EvalConfig:
         _check(self.num_clips >= 1, "num_clips", "must be >= 1")
         _check(self.num_crops in (1, 3), "num_crops", "must be 1 or 3")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        _check(all(k >= 1 for k in self.splits), "splits", "split numbers start at 1")
         check_device(self.device)
 
 

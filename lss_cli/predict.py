@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from lss_cli.errors import InputFileError
+from lss_cli.errors import ConfigError, InputFileError
 
 
 def predict(videos: list[str], labels, *, checkpoint: str | None = None, model: str = "ViT-B-16",
@@ -26,9 +26,7 @@ def predict(videos: list[str], labels, *, checkpoint: str | None = None, model: 
     from lss_cli.models.export import load_video_model
     from lss_cli.runtime.device import resolve_device
 
-    missing = [v for v in videos if not Path(v).is_file()]
-    if missing:
-        raise InputFileError(f"video not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    _check_request(videos, labels, num_frames, top_k)
     dev = resolve_device(device)
     vm = load_video_model(checkpoint, model=model, pretrained=pretrained, device=dev)
     names = list(labels.names)
@@ -47,3 +45,20 @@ def predict(videos: list[str], labels, *, checkpoint: str | None = None, model: 
         out.append({"video": video, "predictions": [{"label": names[j], "prob": float(q)}
                                                     for q, j in zip(p.tolist(), idx.tolist(), strict=True)]})
     return out
+
+
+def _check_request(videos: list[str], labels, num_frames: int, top_k: int) -> None:
+    """Fail before loading any model: bad options are usage errors, a missing file an input error."""
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
+    if num_frames < 1:
+        raise ConfigError(f"--num-frames must be >= 1, got {num_frames}")
+    if len(labels.names) < 2:
+        raise ConfigError(f"need at least 2 label names to rank, got {len(labels.names)}",
+                          hint='pass --labels "a,b,c", a file with one name per line, or a built-in set')
+    if not videos:
+        raise ConfigError("no videos given")
+    missing = [v for v in videos if not Path(v).is_file()]
+    if missing:
+        raise InputFileError(f"video not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                             hint="check the paths")

@@ -26,3 +26,11 @@ def prompt_path(name_or_path: str | Path) -> Path:
     close = difflib.get_close_matches(stem, names, n=3)
     raise ConfigError(f"prompt file {str(name_or_path)!r} not found (not a path, not a shipped prompt)",
                       hint=(f"did you mean {', '.join(close)}? " if close else "") + f"shipped: {', '.join(names) or 'none'}")
+
+
+def example_path(name: str) -> Path:
+    """A config shipped in examples/ (linked into the package, so installed copies have it too)."""
+    path = Path(str(resources.files("lss_cli").joinpath("examples"))) / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"example config {name!r} not found in {path.parent}")
+    return path

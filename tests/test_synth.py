@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lss_cli.data.synth import MOTIONS, SynthSpec, generate, render_clip
+from lss_cli.data.synth import MOTIONS, SynthSpec, clip_generator, generate, render_clip
 from lss_cli.data.video_io import decode_all
 from lss_cli.descriptions import read_records
 from lss_cli.errors import ConfigError
@@ -77,15 +77,25 @@ def test_frame0_statistics_do_not_separate_classes(tmp_path):
 
 
 def test_deterministic_for_a_seed(tmp_path):
+    """What we generate is a function of the seed: the rendered clips are bit-identical, and so are
+    the lists. The files go through x264, which here is not always byte-stable (rarely, under load,
+    a re-encode of the same frames differed in a few pixels), so decoded files are compared with a
+    tolerance far below the difference between two seeds."""
     spec = SynthSpec(classes=2, videos_per_class=2, frames=4, size=32, seed=7)
+    for c, motion in enumerate(MOTIONS[:2]):
+        for i in range(2):
+            a = render_clip(motion, spec, clip_generator(spec, c, i))
+            assert torch.equal(a, render_clip(motion, spec, clip_generator(spec, c, i)))
     a, b = generate(tmp_path / "a", spec), generate(tmp_path / "b", spec)
-    assert a["train"] == b["train"]
+    assert a == {**b, "root": a["root"]}
+    assert (tmp_path / "a" / "train.txt").read_text() == (tmp_path / "b" / "train.txt").read_text()
+    other = generate(tmp_path / "c", SynthSpec(classes=2, videos_per_class=2, frames=4, size=32, seed=8))
+    assert other["train"] == a["train"]
     for line in (tmp_path / "a" / "train.txt").read_text().splitlines():
         rel = line.rsplit(" ", 1)[0]
-        assert torch.equal(decode_all(tmp_path / "a" / rel), decode_all(tmp_path / "b" / rel))
-    other = generate(tmp_path / "c", SynthSpec(classes=2, videos_per_class=2, frames=4, size=32, seed=8))
-    rel = (tmp_path / "a" / "train.txt").read_text().split()[0]
-    assert other and not torch.equal(decode_all(tmp_path / "a" / rel), decode_all(tmp_path / "c" / rel))
+        va, vb, vc = (decode_all(tmp_path / d / rel).float() for d in "abc")
+        same, different = (va - vb).abs().mean(), (va - vc).abs().mean()
+        assert same < 0.5 and different > 10 * max(float(same), 0.5), (float(same), float(different))
 
 
 @pytest.mark.parametrize("kwargs", [dict(classes=1), dict(classes=11), dict(size=33), dict(frames=1),

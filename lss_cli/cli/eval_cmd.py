@@ -11,7 +11,8 @@ from lss_cli.cli.options import Json, OutputDir, Overrides, Overwrite, Quiet
 
 Dataset = Annotated[str | None, typer.Option("--dataset", help="ucf101 | hmdb51 | kinetics600-zs | list | folder | synthetic.")]
 Root = Annotated[str | None, typer.Option("--root", help="Folder the videos are in.")]
-ListFile = Annotated[str | None, typer.Option("--list-file", help="Annotation list (dataset list / kinetics600-zs).")]
+ListFile = Annotated[str | None, typer.Option("--list-file", help="Test list (dataset list; required for kinetics600-zs).")]
+TrainList = Annotated[str | None, typer.Option("--train-list", help="Training list of the probe when --list-file is given.")]
 Splits = Annotated[str | None, typer.Option("--splits", help="Official splits, e.g. 1,2,3.")]
 Checkpoint = Annotated[str | None, typer.Option("--checkpoint", help="Exported model, run dir or checkpoint; `none` = CLIP baseline.")]
 Model = Annotated[str | None, typer.Option("--model", help="CLIP model for the baseline (open_clip name).")]
@@ -28,9 +29,7 @@ def _flags(**kw: Any) -> dict[str, Any]:
     splits = kw.pop("splits")
     if splits is not None:
         kw["splits"] = [int(s) for s in splits.split(",") if s.strip()]
-    if kw.get("checkpoint") is not None and kw["checkpoint"].lower() == "none":
-        kw["checkpoint"] = None  # explicit baseline
-    return kw
+    return kw  # `--checkpoint none` stays a string, so it also overrides a checkpoint set in YAML
 
 
 def _run(protocol: str, args, flags: dict[str, Any], output_dir, overwrite: bool, quiet: bool, json_out: bool) -> None:
@@ -43,21 +42,23 @@ def _run(protocol: str, args, flags: dict[str, Any], output_dir, overwrite: bool
     path, overrides = split_config_args(args)
     cfg = load_config(EvalConfig, path, overrides, flags=flags)
     results = evaluate(cfg, protocol, output_dir=output_dir, overwrite=overwrite)
-    render_results(results, json_out)
+    if results["is_main"]:  # under torchrun, rank 0 reports
+        render_results(results, json_out)
 
 
 def render_results(results: dict[str, Any], json_out: bool) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from lss_cli.cli.render import print_json, stdout
 
     if json_out:
-        slim = {k: v for k, v in results.items() if k not in ("splits", "config", "environment")}
+        slim = {k: v for k, v in results.items() if k not in ("splits", "config", "environment", "is_main")}
         slim["splits"] = [{k: v for k, v in s.items() if k not in ("confusion", "predictions", "per_class_top1", "classes")}
                           for s in results["splits"]]
         return print_json(slim)
     has_top5 = "top5" in results["summary"]
-    table = Table(title=f"{results['protocol']} on {results['dataset']} — {results['checkpoint']} "
+    table = Table(title=f"{results['protocol']} on {results['dataset']} — {escape(results['checkpoint'])} "
                         f"({results['views']['count']} view(s) x {results['views']['num_frames']} frames)",
                   title_justify="left")
     for col in ("split", "top-1", *(["top-5"] if has_top5 else []), "listed", "evaluated", "unreadable"):
@@ -69,10 +70,25 @@ def render_results(results: dict[str, Any], json_out: bool) -> None:
     table.add_row("mean ± std", f"{100 * m['top1']['mean']:.2f} ± {100 * m['top1']['std']:.2f}",
                   *([f"{100 * m['top5']['mean']:.2f} ± {100 * m['top5']['std']:.2f}"] if has_top5 else []), "", "", "")
     stdout.print(table)
-    for s in results["splits"]:
+    _print_unreadable(results["splits"])
+    stdout.print(f"results: {escape(results['results_file'])}")
+    for plot in results.get("plots", []):
+        stdout.print(f"plot: {escape(plot)}")
+
+
+def _print_unreadable(splits: list[dict[str, Any]]) -> None:
+    """Every unreadable video, by path: test ones count as errors, train ones were left out of the fit."""
+    from rich.markup import escape
+
+    from lss_cli.cli.render import stdout
+
+    for s in splits:
         for bad in s["unreadable"]:
-            stdout.print(f"[yellow]unreadable[/yellow] (split {s['split']}, counted as an error): {bad['path']}: {bad['error']}")
-    stdout.print(f"results: {results['results_file']}")
+            stdout.print(f"[yellow]unreadable[/yellow] (split {s['split']}, counted as an error): "
+                         f"{escape(bad['path'])}: {escape(bad['error'])}")
+        for bad in s.get("train_unreadable", []):
+            stdout.print(f"[yellow]unreadable training video[/yellow] (split {s['split']}, left out of the fit): "
+                         f"{escape(bad['path'])}: {escape(bad['error'])}")
 
 
 @eval_app.command("zero-shot")
@@ -97,7 +113,7 @@ def zero_shot(args: Overrides = None, dataset: Dataset = None, root: Root = None
 
 @eval_app.command("linear-probe")
 def linear_probe(args: Overrides = None, dataset: Dataset = None, root: Root = None, list_file: ListFile = None,
-                 splits: Splits = None, checkpoint: Checkpoint = None, model: Model = None, pretrained: Pretrained = None,
+                 train_list: TrainList = None, splits: Splits = None, checkpoint: Checkpoint = None, model: Model = None, pretrained: Pretrained = None,
                  features: Annotated[str | None, typer.Option("--features", help="pre-proj | proj.")] = None,
                  num_frames: Frames = None, num_clips: Clips = None, num_crops: Crops = None, device: Device = None,
                  out: Out = None, output_dir: OutputDir = None, overwrite: Overwrite = False, quiet: Quiet = False,
@@ -106,7 +122,7 @@ def linear_probe(args: Overrides = None, dataset: Dataset = None, root: Root = N
 
     Example: lss eval linear-probe --dataset ucf101 --root data/ucf101 --checkpoint model.safetensors --features pre-proj
     """
-    _run("linear-probe", args, _flags(dataset=dataset, root=root, list_file=list_file, splits=splits,
+    _run("linear-probe", args, _flags(dataset=dataset, root=root, list_file=list_file, train_list=train_list, splits=splits,
                                       checkpoint=checkpoint, model=model, pretrained=pretrained, features=features,
                                       num_frames=num_frames, num_clips=num_clips, num_crops=num_crops, device=device,
                                       out=out), output_dir, overwrite, quiet, json_out)

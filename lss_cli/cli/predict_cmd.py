@@ -42,17 +42,19 @@ def predict(
     results = run_predict([str(v) for v in videos], parse_label_arg(labels), checkpoint=checkpoint, model=model,
                           pretrained=None if pretrained.lower() == "none" else pretrained, templates=templates,
                           num_frames=num_frames, top_k=top_k, device=device)
+    from rich.markup import escape
+
     from lss_cli.cli.render import print_json, stdout
 
     if json_out:
         print_json(results)
     else:
         for r in results:
-            stdout.print(f"[bold]{r['video']}[/bold]")
+            stdout.print(f"[bold]{escape(r['video'])}[/bold]")
             if "error" in r:
-                stdout.print(f"  [red]unreadable:[/red] {r['error']}")
+                stdout.print(f"  [red]unreadable:[/red] {escape(r['error'])}")
             for p in r["predictions"]:
-                stdout.print(f"  {p['prob']:6.1%}  {p['label']}")
+                stdout.print(f"  {p['prob']:6.1%}  {escape(p['label'])}")
     bad = [r["video"] for r in results if "error" in r]
     if bad:
         raise LssError(f"{len(bad)} video(s) could not be read: {', '.join(bad)}", hint="check them with `lss data check`")

@@ -66,10 +66,19 @@ class FeatureCache:
             self._read()
 
     def _read(self) -> None:
-        with safe_open(str(self.path), framework="pt") as f:
-            meta = f.metadata()
-            feats, ok = f.get_tensor("feats"), f.get_tensor("ok")
-        rows = json.loads(meta["rows"])
+        """Load the entries; a damaged cache file is ignored (and replaced on save), never fatal."""
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                meta = f.metadata() or {}
+                feats, ok = f.get_tensor("feats"), f.get_tensor("ok")  # [n, V, D], [n]
+            rows = json.loads(meta["rows"])
+            if len(rows) != len(feats) or len(rows) != len(ok):
+                raise ValueError(f"{len(rows)} rows for {len(feats)} feature rows")
+        except Exception as e:  # noqa: BLE001 - any damage means: recompute
+            from lss_cli.runtime.progress import warn
+
+            warn(f"ignoring the unreadable feature cache {self.path} ({type(e).__name__}: {e}); it will be rebuilt")
+            return
         for i, (path, stamp, error) in enumerate(rows):
             self.entries[path] = (stamp, feats[i], bool(ok[i]), error)
 
@@ -80,6 +89,8 @@ class FeatureCache:
         return hit[1], hit[2], hit[3]
 
     def add(self, path: str, feat: torch.Tensor, ok: bool, error: str) -> None:
+        if not ok and "did not finish within" in error:
+            return  # a decode timeout may be transient (a slow mount): try that file again next time
         self.entries[path] = (_file_stamp(path), feat, ok, error)
 
     def save(self) -> None:
@@ -152,7 +163,7 @@ def extract_features(model, videos, views: Views, *, kind: str = "proj", cache_d
     rows: dict[int, tuple[torch.Tensor, bool, str]] = {}
     missing = []
     for i in range(len(videos)):
-        hit = cache.lookup(videos.path(i)) if cache is not None else None
+        hit = cache.lookup(_key(videos.path(i))) if cache is not None else None
         if hit is None:
             missing.append(i)
         else:
@@ -164,13 +175,19 @@ def extract_features(model, videos, views: Views, *, kind: str = "proj", cache_d
         for j, i in enumerate(missing):
             rows[i] = got[j]
             if cache is not None:
-                cache.add(videos.path(i), *got[j])
+                cache.add(_key(videos.path(i)), *got[j])
         if cache is not None and _is_main():
             cache.save()
+        _barrier()  # every rank then reads the same cache file, so all agree on what is missing
     feats = torch.stack([rows[i][0] for i in range(len(videos))])
     ok = torch.tensor([rows[i][1] for i in range(len(videos))], dtype=torch.bool)
     errors = {i: rows[i][2] for i in range(len(videos)) if not rows[i][1]}
     return Features(feats, ok, errors, decoded=len(missing))
+
+
+def _key(path: str) -> str:
+    """Cache entries are keyed by absolute path: a relative root means another file from another folder."""
+    return os.path.abspath(path)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -183,3 +200,10 @@ def _rank_world() -> tuple[int, int]:
 
 def _is_main() -> bool:
     return _rank_world()[0] == 0
+
+
+def _barrier() -> None:
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()

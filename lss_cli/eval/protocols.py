@@ -12,14 +12,14 @@ they are left out of the fit and listed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lss_cli.config import EvalConfig, to_dict
-from lss_cli.errors import ConfigError
+from lss_cli.errors import ConfigError, LssError
 from lss_cli.eval.features import Features, Views, extract_features
 from lss_cli.eval.metrics import (
     confusion_matrix,
@@ -39,6 +39,7 @@ class EvalContext:
     device: torch.device
     cache_dir: Path | None
     views: Views
+    classifiers: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)  # class names -> [K, D]
 
 
 def split_names(cfg: EvalConfig) -> list[str]:
@@ -46,17 +47,39 @@ def split_names(cfg: EvalConfig) -> list[str]:
     return [str(k) for k in cfg.splits] if cfg.dataset in SPLIT_DATASETS else ["-"]
 
 
+def check_protocol(cfg: EvalConfig, protocol: str) -> None:
+    """Usage errors found before any model is loaded or any file written."""
+    if protocol not in ("zero-shot", "linear-probe"):
+        raise ConfigError(f"unknown protocol {protocol!r}", hint="zero-shot or linear-probe")
+    if cfg.dataset == "kinetics600-zs" and cfg.list_file is None:
+        raise ConfigError("kinetics600-zs needs the video list of its classes: no Kinetics video list ships",
+                          hint="pass --list-file: a Kinetics CSV, or a `path label` list with ids 0..159 per split")
+    if protocol != "linear-probe" or cfg.dataset in ("ucf101", "hmdb51"):
+        return
+    if cfg.dataset == "kinetics600-zs":
+        raise ConfigError("kinetics600-zs is a zero-shot protocol: it has no training part",
+                          hint="linear-probe on ucf101, hmdb51 or your own lists")
+    if cfg.train_list is None and (cfg.dataset == "folder" or cfg.list_file is not None):
+        what = "dataset folder has one list of videos" if cfg.dataset == "folder" else \
+            f"--list-file {cfg.list_file} gives the test videos"
+        raise ConfigError(f"{what}; a linear probe also needs separate training videos",
+                          hint="add --train-list TRAIN.txt (labelled with the same classes)")
+
+
 def load_split(cfg: EvalConfig, split: str, part: str):
-    """The VideoList of one split's `part` ("train" or "test")."""
+    """The VideoList of one split's `part` ("train" or "test").
+
+    Official datasets take both parts from their split files. Other datasets take the test part
+    from `list_file` (else their own test list) and the train part from `train_list` (else their
+    own train list); a linear probe never trains on the list it is scored on (`check_protocol`)."""
     from lss_cli.data.datasets import load_dataset
 
     if cfg.dataset == "kinetics600-zs":
-        if part != "test":
-            raise ConfigError("kinetics600-zs is a zero-shot protocol: it has no training part",
-                              hint="linear-probe on ucf101, hmdb51 or your own list")
         return load_dataset(cfg.dataset, cfg.root, int(split), cfg.list_file)
     if cfg.dataset in ("ucf101", "hmdb51"):
         return load_dataset(cfg.dataset, cfg.root, f"{part}{split}")
+    if part == "train" and cfg.train_list is not None:
+        return load_dataset("list" if cfg.dataset == "folder" else cfg.dataset, cfg.root, "train", cfg.train_list)
     return load_dataset(cfg.dataset, cfg.root, part, cfg.list_file)
 
 
@@ -70,17 +93,30 @@ def _unreadable(videos, feats: Features) -> list[dict[str, str]]:
     return [{"path": videos.relpath(i), "error": err} for i, err in sorted(feats.errors.items())]
 
 
+def _require_labels(videos, what: str) -> None:
+    """Every listed video needs a class: an unlabelled one cannot be scored (nor silently skipped)."""
+    import numpy as np
+
+    if len(videos) == 0:
+        raise ConfigError(f"{what} has no videos ({videos.source})", hint="check --root, --list-file and --splits")
+    missing = np.flatnonzero(videos.labels < 0)
+    if len(missing):
+        raise ConfigError(f"{what}: {len(missing)} of {len(videos)} videos have no label (first: {videos.relpath(int(missing[0]))})",
+                          hint="evaluation lists need `path label` lines")
+
+
 def _split_record(split: str, videos, feats: Features, pred: torch.Tensor, correct1: torch.Tensor,
                   extra: dict[str, Any]) -> dict[str, Any]:
     labels = torch.as_tensor(videos.labels)
     K = len(videos.classes)
     return {
         "split": split,
-        "top1": float(correct1.double().mean()),
+        "top1": float(correct1.double().mean()),  # unreadable videos count as errors
         **extra,
         "videos_listed": len(videos),
         "videos_evaluated": int(feats.ok.sum()),
         "videos_unreadable": len(feats.errors),
+        "videos_decoded": feats.decoded,  # decoded in this run (the rest came from the feature cache)
         "unreadable": _unreadable(videos, feats),
         "per_class_top1": dict(zip(videos.classes, per_class_accuracy(correct1, labels, K), strict=True)),
         "confusion": confusion_matrix(pred, labels, K).tolist(),
@@ -89,12 +125,16 @@ def _split_record(split: str, videos, feats: Features, pred: torch.Tensor, corre
 
 
 def zero_shot_split(ctx: EvalContext, split: str) -> dict[str, Any]:
+    """Zero-shot on one split's test videos: view-averaged softmax over the class names."""
     from lss_cli.concepts import build_category_bank, load_templates
 
     videos = load_split(ctx.cfg, split, "test")
+    _require_labels(videos, f"split {split} test list")
     feats = _features(ctx, videos, "proj", f"zero-shot split {split}")
-    templates = load_templates(ctx.cfg.templates)
-    classifier = build_category_bank(ctx.model.clip, videos.classes, templates)  # [K, D]
+    classes = tuple(videos.classes)
+    if classes not in ctx.classifiers:  # UCF101's and HMDB51's splits share their classes: encode once
+        ctx.classifiers[classes] = build_category_bank(ctx.model.clip, classes, load_templates(ctx.cfg.templates))
+    classifier = ctx.classifiers[classes]  # [K, D]
     logit_scale = float(ctx.model.clip.model.logit_scale.detach().exp())
     probs = view_averaged_probs(feats.feats, classifier, logit_scale)  # [N, K]
     labels = torch.as_tensor(videos.labels)
@@ -102,28 +142,59 @@ def zero_shot_split(ctx: EvalContext, split: str) -> dict[str, Any]:
     top5 = topk_correct(probs, labels, feats.ok, 5)
     pred = torch.where(feats.ok, probs.argmax(1), torch.full_like(labels, -1))
     return _split_record(split, videos, feats, pred, top1,
-                         {"top5": float(top5.double().mean()), "logit_scale": logit_scale,
-                          "templates": templates.templates, "predictions": pred.tolist()})
+                         {"top5": float(top5.double().mean()), "logit_scale": logit_scale, "predictions": pred.tolist()})
 
 
 def linear_probe_split(ctx: EvalContext, split: str) -> dict[str, Any]:
+    """Linear probe on one split: fit on its readable train videos, score every test video."""
     from lss_cli.eval.linear_probe import linear_probe
 
     train, test = load_split(ctx.cfg, split, "train"), load_split(ctx.cfg, split, "test")
+    if tuple(train.classes) != tuple(test.classes):
+        raise ConfigError(f"split {split}: the train list's classes differ from the test list's",
+                          hint="both lists must use the same classes file (same names, same order)")
+    _require_labels(train, f"split {split} train list")
+    _require_labels(test, f"split {split} test list")
     kind = ctx.cfg.features
     ftr = _features(ctx, train, kind, f"linear-probe train {split}")
     fte = _features(ctx, test, kind, f"linear-probe test {split}")
     # One feature per video: the mean over its views (the probe is fit on clip-level features).
-    xtr, xte = ftr.feats.mean(1), fte.feats.mean(1)
+    xtr, xte = ftr.feats.mean(1), fte.feats.mean(1)  # [N, D]
     ytr, yte = torch.as_tensor(train.labels), torch.as_tensor(test.labels)
-    fit = ftr.ok & (ytr >= 0)
+    fit = ftr.ok
+    if int(fit.sum()) < 2:
+        raise LssError(f"split {split}: only {int(fit.sum())} of {len(train)} training videos are readable",
+                       hint="check the training videos with `lss data check`")
     result = linear_probe(xtr[fit], ytr[fit], xte, yte, len(test.classes), seed=0)
     pred = torch.where(fte.ok, result.predictions, torch.full_like(yte, -1))
     correct = (pred == yte) & fte.ok
     return _split_record(split, test, fte, pred, correct, {
         "l2": result.l2, "val_curve": {str(k): v for k, v in result.val_curve.items()},
         "features": kind, "train_videos_listed": len(train), "train_videos_used": int(fit.sum()),
-        "train_unreadable": _unreadable(train, ftr), "predictions": pred.tolist()})
+        "train_videos_decoded": ftr.decoded, "train_unreadable": _unreadable(train, ftr),
+        "predictions": pred.tolist()})
+
+
+def _protocol_details(ctx: EvalContext, protocol: str) -> dict[str, Any]:
+    """What defines the numbers besides the model: frames, views, templates or probe settings."""
+    details: dict[str, Any] = {
+        "frames": "num_frames frames per view at the centres of equal segments (clip k of K: offset (k + 0.5) / K)",
+        "preprocessing": f"short side to {ctx.model.clip.image_size} px (bicubic, antialias), "
+                         f"{'centre crop' if ctx.views.num_crops == 1 else '3 crops along the long side'}, "
+                         "CLIP mean/std",
+    }
+    if protocol == "zero-shot":
+        from lss_cli.concepts import load_templates
+
+        t = load_templates(ctx.cfg.templates)
+        details.update(aggregation="softmax(logit_scale x cosine) averaged over views",
+                       templates={"name": t.name, "version": t.version, "sha256": t.sha256, "path": t.path,
+                                  "templates": list(t.templates)})
+    else:
+        details.update(aggregation="features averaged over views", features=ctx.cfg.features,
+                       classifier="multinomial logistic regression (L-BFGS); L2 chosen on 20% of train "
+                                  "held out per class, then refit on all of train")
+    return details
 
 
 def run_protocol(ctx: EvalContext, protocol: str) -> dict[str, Any]:
@@ -144,9 +215,13 @@ def run_protocol(ctx: EvalContext, protocol: str) -> dict[str, Any]:
         "checkpoint": ctx.model.source,
         "model_id": ctx.model.model_id,
         "views": {**ctx.views.__dict__, "count": ctx.views.count, "image_size": ctx.model.clip.image_size},
+        "protocol_details": _protocol_details(ctx, protocol),
         "config": to_dict(ctx.cfg),
+        "feature_cache": str(ctx.cache_dir) if ctx.cache_dir is not None else None,
         "splits": splits,
         "summary": summary,
+        "videos_listed": sum(s["videos_listed"] for s in splits),
+        "videos_evaluated": sum(s["videos_evaluated"] for s in splits),
         "videos_unreadable": sum(s["videos_unreadable"] for s in splits),
         "seconds": round(time.perf_counter() - start, 3),
     }

@@ -14,32 +14,56 @@ from typing import Any
 from lss_cli.config import EvalConfig
 from lss_cli.runtime.rundir import default_run_dir, environment, prepare_run_dir, write_text_atomic
 
+DEFAULT_CACHE_DIR = Path("runs") / "feature-cache"  # shared by every eval run started in this folder
+
 
 def evaluate(cfg: EvalConfig, protocol: str, *, output_dir: str | Path | None = None,
              overwrite: bool = False) -> dict[str, Any]:
-    """`lss eval zero-shot|linear-probe`: load the model, evaluate every split, write the results."""
+    """`lss eval zero-shot|linear-probe`: load the model, evaluate every split, write the results.
+
+    Under `torchrun` every rank decodes and encodes its shard of each list, the features are
+    gathered, and rank 0 alone writes results.json and the plots (`is_main` says which rank this is).
+    """
+    import torch
+
     from lss_cli.eval.features import Views
-    from lss_cli.eval.protocols import EvalContext, run_protocol
+    from lss_cli.eval.protocols import EvalContext, check_protocol, run_protocol
     from lss_cli.models.export import load_video_model
     from lss_cli.runtime.device import resolve_device
+    from lss_cli.runtime.dist import barrier, cleanup, init_distributed
 
+    check_protocol(cfg, protocol)
     device = resolve_device(cfg.device)
-    out = Path(cfg.out) if cfg.out else None
-    run_dir = Path(output_dir) if output_dir else (out.parent if out else default_run_dir(f"eval-{protocol}"))
-    prepare_run_dir(run_dir, overwrite=overwrite or (out is not None and output_dir is None))
-    model = load_video_model(cfg.checkpoint, model=cfg.model, pretrained=cfg.pretrained, device=device)
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path("runs") / "feature-cache"
-    ctx = EvalContext(cfg, model, device, cache_dir, Views(cfg.num_frames, cfg.num_clips, cfg.num_crops))
-    results = run_protocol(ctx, protocol)
-    results["environment"] = environment(str(device))
-    results_path = out or run_dir / "results.json"
-    write_text_atomic(results_path, json.dumps(results, indent=2) + "\n")
-    results["results_file"] = str(results_path)
-    results["plots"] = write_plots(results, run_dir)
-    return results
+    dist = init_distributed(device.type)
+    if dist.distributed and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    try:
+        out = Path(cfg.out) if cfg.out else None
+        run_dir = Path(output_dir) if output_dir else (out.parent if out else default_run_dir(f"eval-{protocol}"))
+        if dist.is_main:
+            prepare_run_dir(run_dir, overwrite=overwrite or (out is not None and output_dir is None))
+        barrier()
+        model = load_video_model(cfg.checkpoint, model=cfg.model, pretrained=cfg.pretrained, device=device,
+                                 seed=cfg.seed)
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE_DIR
+        ctx = EvalContext(cfg, model, device, cache_dir, Views(cfg.num_frames, cfg.num_clips, cfg.num_crops))
+        results = run_protocol(ctx, protocol)
+        results["environment"] = {**environment(str(device)), "world_size": dist.world_size}
+        results_path = out or run_dir / "results.json"
+        results["results_file"] = str(results_path)
+        results["plots"] = []
+        if dist.is_main:
+            write_text_atomic(results_path, json.dumps({k: v for k, v in results.items() if k not in ("results_file", "plots")},
+                                                       indent=2) + "\n")
+            # Beside an explicit --out file, plots take its name so several results can share a folder.
+            results["plots"] = write_plots(results, results_path.parent, prefix=f"{out.stem}-" if out else "")
+        results["is_main"] = dist.is_main
+        return results
+    finally:
+        cleanup()
 
 
-def write_plots(results: dict[str, Any], run_dir: Path) -> list[str]:
+def write_plots(results: dict[str, Any], run_dir: Path, prefix: str = "") -> list[str]:
     """Per-class accuracy bars and a confusion matrix per split (needs the `plots` extra)."""
     try:
         import matplotlib
@@ -50,7 +74,8 @@ def write_plots(results: dict[str, Any], run_dir: Path) -> list[str]:
         return []
     written = []
     for s in results["splits"]:
-        tag = f"{results['protocol']}-split{s['split']}".replace("--", "-")
+        tag = results["protocol"] if s["split"] == "-" else f"{results['protocol']}-split{s['split']}"
+        tag = f"{prefix}{tag}"
         names = list(s["per_class_top1"])
         acc = [v if v is not None else 0.0 for v in s["per_class_top1"].values()]
         fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(names)), 4))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from lss_cli import __version__
@@ -55,23 +55,27 @@ def export_teacher(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
         "image_size": str(clip.image_size),
     }
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(out)
     return {"out": str(out), "step": ck.step, "tensors": len(tensors), "model": cfg.model.name}
 
 
-def _load_export(path: Path, device: str | torch.device) -> VideoModel:
+def _load_export(path: Path) -> VideoModel:
     from lss_cli.hashing import file_sha256
     from lss_cli.models.clip import load_clip
     from lss_cli.models.video import build_video_encoder
 
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise InputFileError(f"{path} is not an lss video model export (format {meta.get('format')!r})",
-                                 hint="create one with `lss export RUN_DIR --out model.safetensors`")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    hint = "create one with `lss export RUN_DIR --out model.safetensors`"
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise InputFileError(f"{path} is not an lss video model export (format {meta.get('format')!r})", hint=hint)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    except (OSError, SafetensorError) as e:
+        raise InputFileError(f"{path} is not a readable safetensors file: {e}", hint=hint) from None
     m = json.loads(meta["model"])
     clip = load_clip(m["name"], None)  # architecture only; weights come from the file
     clip_state = {k[5:]: v for k, v in tensors.items() if k.startswith("clip.")}
@@ -79,12 +83,20 @@ def _load_export(path: Path, device: str | torch.device) -> VideoModel:
     if unexpected or any(not k.startswith("visual.") for k in missing):
         raise LssError(f"{path}: text-side weights do not match {m['name']}")
     clip.weights_id = meta.get("clip_weights_id", clip.weights_id)
+    # The preprocessing of the weights the model was trained from (a local-dir config may differ
+    # from the architecture's defaults).
+    clip.mean, clip.std = tuple(json.loads(meta["mean"])), tuple(json.loads(meta["std"]))
+    clip.image_size = int(meta["image_size"])
     encoder = build_video_encoder(clip, ModelConfig(name=m["name"], temporal=m["temporal"], num_frames=m["num_frames"]))
-    encoder.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("video.")})
-    return VideoModel(encoder.to(device).eval(), clip, str(path), f"sha256:{file_sha256(path)}", meta)
+    try:
+        encoder.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("video.")})
+    except RuntimeError as e:
+        raise LssError(f"{path}: the video weights do not fit {m['name']} ({m['temporal']}): {e}", hint=hint) from None
+    return VideoModel(encoder, clip, str(path), f"sha256:{file_sha256(path)}", meta)
 
 
-def _load_checkpoint(path: Path, device: str | torch.device) -> VideoModel:
+def _load_checkpoint(path: Path) -> VideoModel:
+    from lss_cli.hashing import file_sha256
     from lss_cli.models.clip import load_clip
     from lss_cli.models.video import build_video_encoder
     from lss_cli.train.checkpoint import load_checkpoint
@@ -93,16 +105,26 @@ def _load_checkpoint(path: Path, device: str | torch.device) -> VideoModel:
     cfg = from_dict(TrainConfig, ck.meta["config"])
     clip = load_clip(cfg.model.name, cfg.model.pretrained, seed=cfg.run.seed)
     encoder = build_video_encoder(clip, cfg.model)
-    encoder.load_state_dict(ck.teacher)
-    from lss_cli.hashing import file_sha256
-
-    return VideoModel(encoder.to(device).eval(), clip, str(ck.path),
-                      f"ckpt-sha256:{file_sha256(ck.path / 'teacher.safetensors')}", {"step": ck.step})
+    try:
+        encoder.load_state_dict(ck.teacher)
+    except RuntimeError as e:
+        raise LssError(f"{ck.path}: the teacher weights do not fit {cfg.model.name} ({cfg.model.temporal}): {e}") from None
+    return VideoModel(encoder, clip, str(ck.path), f"ckpt-sha256:{file_sha256(ck.path / 'teacher.safetensors')}",
+                      {"step": ck.step})
 
 
 def load_video_model(source: str | Path | None, *, model: str = "ViT-B-16", pretrained: str | None = "openai",
                      device: str | torch.device = "cpu", seed: int = 0) -> VideoModel:
-    """The model eval/predict run: an export, a training checkpoint, or (None) the CLIP baseline."""
+    """The model eval/predict run: an export, a training checkpoint, or (None / "none") the CLIP
+    baseline of `model` / `pretrained` (`seed` for a random init). Video and text towers end up on
+    `device`, so zero-shot classifiers are encoded there too."""
+    vm = _load(source, model, pretrained, seed)
+    vm.encoder.to(device).eval()
+    vm.clip.model.to(device)
+    return vm
+
+
+def _load(source: str | Path | None, model: str, pretrained: str | None, seed: int) -> VideoModel:
     if source is None or str(source).lower() in ("none", "baseline"):
         from lss_cli.models.clip import load_clip
         from lss_cli.models.video import build_video_encoder
@@ -110,11 +132,11 @@ def load_video_model(source: str | Path | None, *, model: str = "ViT-B-16", pret
         clip = load_clip(model, pretrained, seed=seed)
         # temporal="mean": no new parameters, exactly CLIP applied per frame then averaged.
         encoder = build_video_encoder(clip, ModelConfig(name=model, pretrained=pretrained, temporal="mean"))
-        return VideoModel(encoder.to(device).eval(), clip, "baseline", f"{model}:{clip.weights_id}", {})
+        return VideoModel(encoder, clip, "baseline", f"{model}:{clip.weights_id}", {})
     path = Path(source)
     if path.is_file() and path.suffix == ".safetensors":
-        return _load_export(path, device)
+        return _load_export(path)
     if path.exists():
-        return _load_checkpoint(path, device)
+        return _load_checkpoint(path)
     raise InputFileError(f"model not found: {path}",
                          hint="pass an exported .safetensors, a run dir / checkpoint dir, or `none` for the baseline")
