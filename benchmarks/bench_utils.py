@@ -66,16 +66,16 @@ def _cpu_name() -> str:
 # ---- the ceiling -----------------------------------------------------------------------------
 
 
-def matmul_ceiling(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5) -> float:
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 3) -> float:
     """Measured FLOP/s of a large square matmul (median over `repeats` blocks, random operands).
 
     Three operand pairs are rotated so repeated calls do not run from cache; zeros are never timed.
     """
-    size = size or (8192 if device.type == "cuda" else 1024)
+    size = size or (8192 if device.type == "cuda" else 2048)
     gen = torch.Generator(device="cpu").manual_seed(0)
     pairs = [(torch.randn(size, size, generator=gen).to(device, dtype), torch.randn(size, size, generator=gen)
               .to(device, dtype)) for _ in range(3)]
-    calls = 20 if device.type == "cuda" else 3
+    calls = 20 if device.type == "cuda" else 2
 
     def block(i: int) -> None:
         a, b = pairs[i % 3]

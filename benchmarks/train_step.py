@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--local-size", type=int)
     p.add_argument("--temporal", choices=("divided", "mean"), default="divided")
     p.add_argument("--variants", help="comma-separated: " + ", ".join(VARIANTS)
-                   + " [eager,compile with --tiny; else one, from --compile / --checkpointing]")
+                   + ", or none [eager,compile with --tiny; else one, from --compile / --checkpointing]")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the towers [on on CUDA, off on CPU]")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of every block")
@@ -108,7 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--check-steps", type=int, default=2, help="steps compared with the reference")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the frame-wise open_clip baseline step")
-    p.add_argument("--baseline-compile", action="store_true", help="torch.compile the baseline towers too")
+    p.add_argument("--baseline-compile", action="store_true",
+                   help="also time the baseline with torch.compile (SPEC §5 measured 101 clips/s on an H200)")
     p.add_argument("--augment", action="store_true",
                    help="feed uint8 views through the production GPU-side augmentation (part of the step)")
     p.add_argument("--profile", action="store_true", help="torch.profiler table of 2 steps of the first variant")
@@ -134,6 +135,8 @@ def _with(args: argparse.Namespace, **changes: Any) -> argparse.Namespace:
 
 
 def resolve_variants(args: argparse.Namespace, device: torch.device) -> list[Variant]:
+    if args.variants == "none":  # only the baseline / diagnostics
+        return []
     if args.variants:
         unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
         if unknown:
@@ -528,8 +531,9 @@ def _compiled_ok(t) -> str:
 
 
 def run_baseline(s: Setup, flops: int, ceiling: float) -> list[dict[str, Any]]:
+    """The eager baseline (--baseline) and/or the compiled one (--baseline-compile)."""
     rows = []
-    for compiled in (False, True) if s.args.baseline_compile else (False,):
+    for compiled in [False] * s.args.baseline + [True] * s.args.baseline_compile:
         name = "baseline" + ("-compile" if compiled else "")
         rows.append(guarded(name, s.device, lambda c=compiled, n=name: _measure_baseline(s, c, n, flops, ceiling)))
     return rows
@@ -552,43 +556,85 @@ def _measure_baseline(s: Setup, compiled: bool, name: str, flops: int, ceiling: 
 
 
 def profile_steps(step, s: Setup, top: int = 15) -> None:
+    """torch.profiler over 2 steps: the top ops/kernels, then the attention ops by input shape
+    (spatial attention runs on 197 / 37 tokens, temporal attention on T-frame sequences)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if s.device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         for i in range(2):
             step(1000 + i)
         sync(s.device)
-    key = "self_cuda_time_total" if s.device.type == "cuda" else "self_cpu_time_total"
-    print(f"\nprofile of 2 steps (top {top} by {key}):")
-    print(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60))
+    on = "device" if s.device.type == "cuda" else "cpu"  # torch >= 2.4 names CUDA time "device"
+    print(f"\nprofile of 2 steps (top {top} by self {on} time):")
+    print(prof.key_averages().table(sort_by=f"self_{on}_time_total", row_limit=top, max_name_column_width=60))
+    attention = [e for e in prof.key_averages(group_by_input_shape=True)
+                 if e.key.startswith("aten::_scaled_dot_product") and "attention" in e.key]
+    attention.sort(key=lambda e: -getattr(e, f"{on}_time_total"))
+    print("attention ops by input shape (2 steps; [N, heads, sequence, head dim]):")
+    for e in attention[:8]:
+        print(f"  {getattr(e, f'{on}_time_total') / 1e3:9.2f} ms  {e.count:5d} calls  {e.key}  "
+              f"{str(e.input_shapes)[:120]}")
+
+
+def attention_shapes(s: Setup) -> dict[str, tuple[int, int, int, int]]:
+    """[N, heads, sequence, head dim] of the step's spatial and temporal attention calls at B/4 clips."""
+    a, enc = s.args, s.student
+    heads = enc.visual.transformer.resblocks[0].attn.num_heads
+    d, patch, b = enc.width // heads, enc.patch_size[0], max(1, a.batch // 4)
+    g_tokens, l_tokens = (a.global_size // patch) ** 2 + 1, (a.local_size // patch) ** 2 + 1
+    shapes = {f"spatial {a.global_size}px": (b * a.global_views * a.global_frames, heads, g_tokens, d),
+              f"spatial {a.local_size}px": (b * a.local_views * a.local_frames, heads, l_tokens, d)}
+    if enc.temporal_blocks is not None:
+        shapes[f"temporal {a.global_size}px"] = (b * a.global_views * g_tokens, heads, a.global_frames, d)
+        shapes[f"temporal {a.local_size}px"] = (b * a.local_views * l_tokens, heads, a.local_frames, d)
+    return shapes
 
 
 def sdpa_check(s: Setup) -> tuple[list[dict[str, Any]], str]:
-    """Student forward+backward on the first input under each SDPA backend: runs? how fast?"""
+    """Each attention shape of the step under each SDPA backend: runs? forward+backward time and rate.
+
+    Temporal attention runs on sequences of T (8) frames: its FLOPs are negligible, but kernels tiled
+    for long sequences may spend far more time on it than its FLOPs suggest.
+    """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    dtype = torch.bfloat16 if s.device.type == "cuda" else torch.float32
+    backends = [("default", None)] + [(b.name.lower(), b) for b in (
+        SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)]
+    rows = []
+    for kind, shape in attention_shapes(s).items():
+        q, k, v = (torch.randn(shape, device=s.device, dtype=dtype, requires_grad=True) for _ in range(3))
+        flops = 7 * 2 * shape[0] * shape[1] * shape[2] ** 2 * shape[3]  # 2 matmuls forward, 5 backward
+
+        def fwd_bwd(_: int, q=q, k=k, v=v) -> None:
+            F.scaled_dot_product_attention(q, k, v).sum().backward()
+
+        for name, backend in backends:
+            row = {"shape": f"{kind} {list(shape)}", "backend": name}
+            try:
+                with sdpa_kernel([backend]) if backend is not None else nullcontext():
+                    sec = time_blocks(fwd_bwd, s.device, calls=3, repeats=3, warmup=1)["median_s"]
+                row.update(ms=sec * 1e3, tflops=flops / sec / 1e12)
+            except RuntimeError as e:
+                row["error"] = str(e).splitlines()[0][:60]
+            rows.append(row)
+        del q, k, v
+    return rows, _default_attention_kernels(s)
+
+
+def _default_attention_kernels(s: Setup) -> str:
+    """The attention kernels one eager student forward+backward dispatches to (profiler names)."""
     student = copy.deepcopy(s.student).to(s.device)
-    global_views, local_views = make_inputs(_with(s.args, augment=False, batch=max(1, s.args.batch // 4)),
-                                            s.device, seed=99)
+    global_views, _ = make_inputs(_with(s.args, augment=False, batch=1), s.device, seed=99)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if s.device.type == "cuda" else nullcontext()
 
     def fwd_bwd(_: int) -> None:
         with autocast:
-            z = student(global_views.flatten(0, 1)).float().sum() + student(local_views.flatten(0, 1)).float().sum()
+            z = student(global_views.flatten(0, 1)).float().sum()
         z.backward()
 
-    rows = []
-    backends = [("default", None)] + [(b.name, b) for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                                                            SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)]
-    for name, backend in backends:
-        try:
-            with sdpa_kernel([backend]) if backend is not None else nullcontext():
-                sec = time_blocks(fwd_bwd, s.device, calls=2, repeats=3, warmup=2)["median_s"]
-            rows.append({"backend": name, "runs": "yes", "fwd_bwd_ms": sec * 1e3})
-        except RuntimeError as e:
-            rows.append({"backend": name, "runs": "no: " + str(e).splitlines()[0][:70], "fwd_bwd_ms": None})
-    return rows, _attention_kernels(fwd_bwd, s.device)
+    return _attention_kernels(fwd_bwd, s.device)
 
 
 def _attention_kernels(fn, device: torch.device) -> str:
@@ -604,7 +650,7 @@ def _attention_kernels(fn, device: torch.device) -> str:
     return "; ".join(sorted(names))[:400] or "none found"
 
 
-def sync_debug(s: Setup, steps: int = 2) -> list[dict[str, Any]]:
+def sync_debug(s: Setup, steps: int = 2) -> list[dict[str, Any]] | None:
     """Host syncs per step of the eager production step, with the code line that caused each.
 
     `torch.cuda.set_sync_debug_mode("warn")` warns at every synchronising CUDA call; the hook
@@ -613,7 +659,7 @@ def sync_debug(s: Setup, steps: int = 2) -> list[dict[str, Any]]:
     """
     if s.device.type != "cuda":
         print("\n--sync-debug: CUDA only (torch.cuda.set_sync_debug_mode); skipped")
-        return []
+        return None
     t = make_trainer(s, VARIANTS["eager-ac"])
     step = ours_step_fn(s, t, VARIANTS["eager-ac"])
     step(0)
@@ -672,6 +718,10 @@ def print_flop_breakdown(ops: dict[str, int], base_ops: dict[str, int], batch: i
     print_table(rows, [("op", "op", ""), ("ours", "ours", ".2f"), ("baseline", "baseline", ".2f")])
 
 
+SDPA_COLUMNS = [("shape", "call [N, heads, seq, dim]", ""), ("backend", "backend", ""), ("ms", "ms", ".2f"),
+                ("tflops", "TFLOP/s", ".3g"), ("error", "error", "")]
+
+
 def header(s: Setup, env: dict[str, Any], ceiling: float) -> None:
     a = s.args
     print("env: " + ", ".join(f"{k}={v}" for k, v in env.items()))
@@ -703,7 +753,8 @@ def main(argv: list[str] | None = None) -> int:
     ceiling = matmul_ceiling(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     header(s, env, ceiling)
     flops, ops = count_ours(s)
-    base_flops, base_ops = count_baseline(s) if args.baseline or args.count_only else (None, {})
+    base_flops, base_ops = count_baseline(s) if args.baseline or args.baseline_compile or args.count_only \
+        else (None, {})
     print(f"FLOPs per clip (FlopCounterMode, fwd+bwd, model FLOPs): ours {flops / args.batch / 1e12:.4f} TFLOP"
           + (f", frame-wise baseline {base_flops / args.batch / 1e12:.4f} TFLOP" if base_flops else ""))
     results: dict[str, Any] = {
@@ -714,30 +765,33 @@ def main(argv: list[str] | None = None) -> int:
         print_flop_breakdown(ops, base_ops, args.batch)
         write_json(args.json, results)
         return 0
-    results["reference_losses"], results["fp32_losses"] = ref, truth = run_reference(s)
+    results["reference_losses"], results["fp32_losses"] = ref, truth = run_reference(s) if variants else ([], [])
     rows = results["rows"]
     for v in variants:
         rows.append(guarded(v.name, device, lambda v=v: run_variant(s, v, flops, ceiling, ref, truth)))
         _report_row(rows[-1])
         write_json(args.json, results)  # a phase cut short by its time limit keeps what it measured
-    if args.baseline:
+    if base_flops is not None:
         for row in run_baseline(s, base_flops, ceiling):
             rows.append(row)
             _report_row(row)
             write_json(args.json, results)
-    print()
-    print_table(rows, COLUMNS)
+    if rows:
+        print()
+        print_table(rows, COLUMNS)
     results["summary"] = summary = summarise(rows)
     if summary:
         print(f"\nours/baseline ({summary['best']} vs eager baseline): clips/s x{summary['clips_ratio']:.2f}, "
               f"MFU x{summary['mfu_ratio']:.2f}")
     if args.sdpa_check:
         results["sdpa"], results["sdpa_kernels"] = sdpa, kernels = sdpa_check(s)
-        print(f"\nSDPA backends (student fwd+bwd, eager, B={max(1, args.batch // 4)}):")
-        print_table(sdpa, [("backend", "backend", ""), ("runs", "runs", ""), ("fwd_bwd_ms", "ms", ".1f")])
+        print(f"\nSDPA backends, forward+backward of each attention call of the step (B={max(1, args.batch // 4)}):")
+        print_table(sdpa, SDPA_COLUMNS)
         print(f"the default dispatch ran: {kernels}")
     if args.sync_debug:
-        results["host_syncs"] = sync_debug(s)
+        syncs = sync_debug(s)
+        if syncs is not None:
+            results["host_syncs"] = syncs
     write_json(args.json, results)
     return 0 if all(r.get("check_ok") is not False for r in rows) else 1
 
