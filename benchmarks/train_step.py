@@ -258,16 +258,13 @@ def make_trainer(s: Setup, variant: Variant, device: torch.device | None = None,
 
 
 def augment_batch(s: Setup, batch: dict[str, torch.Tensor], step: int, device: torch.device):
-    """`lss_cli.data.loader.make_train_views` for one micro-batch, seeded per step.
-
-    The same two lines as make_train_views (copy the pinned uint8 views, `augment_views` on the
-    device), written out because the loader module imports torchcodec, which the GPU image lacks.
-    """
-    from lss_cli.data.augment import augment_views
+    """The production `make_train_views` (pinned uint8 views -> augmented float views on the device),
+    seeded per step. Imported from `lss_cli.data.augment`, not the loader module, which imports
+    torchcodec (absent on the GPU image)."""
+    from lss_cli.data.augment import make_train_views
 
     g = torch.Generator().manual_seed(s.args.seed * 1_000_003 + step)
-    return tuple(augment_views(batch[k].to(device, non_blocking=True), s.cfg.views, s.clip.mean, s.clip.std, g)
-                 for k in ("global", "local"))
+    return make_train_views(batch, s.cfg.views, s.clip.mean, s.clip.std, device, generator=g)
 
 
 def ours_step_fn(s: Setup, t, variant: Variant, fp32: bool = False):
