@@ -131,8 +131,9 @@ def test_feature_cache_hits_misses_and_stamps(zs, zs_model, tmp_path, monkeypatc
     import lss_cli.data.loader as loader
 
     calls = []
-    real = loader.read_views
-    monkeypatch.setattr(loader, "read_views", lambda path, *a, **k: (calls.append(path), real(path, *a, **k))[1])
+    real = loader.EvalClips.reader  # the decode function the eval dataset calls (benchmarks swap it too)
+    monkeypatch.setattr(loader.EvalClips, "reader",
+                        staticmethod(lambda path, *a, **k: (calls.append(path), real(path, *a, **k))[1]))
     videos = load_dataset("list", zs["root"], "test", zs["list"]).subset(range(6))
     views = Views(num_frames=2)
     first = extract_features(zs_model, videos, views, cache_dir=tmp_path, num_workers=0)
