@@ -123,14 +123,14 @@ def describe(paths: list[Path]) -> str:
 # ---- naive baseline -------------------------------------------------------------------------
 
 
-def naive_read_union(path, pick, *, seek_mode="exact", timeout=None, device="cpu"):
+def naive_read_union(path, pick, *, seek_mode="exact", timeout=None, device="cpu", strict=False):
     """Decode the whole video; the views index into all of it."""
     dec = open_video(path, seek_mode=seek_mode)
     frames = dec.get_frames_in_range(0, num_frames(dec)).data  # [N, 3, H, W]
     return frames, pick(len(frames))
 
 
-def naive_read_views(path, pick, *, seek_mode="exact", timeout=None, device="cpu"):
+def naive_read_views(path, pick, *, seek_mode="exact", timeout=None, device="cpu", strict=False):
     """Decode the whole video, then index it."""
     frames, views = naive_read_union(path, pick, seek_mode=seek_mode)
     return [frames[v] for v in views]

@@ -22,7 +22,7 @@ from lss_cli.data.loader import (
     make_train_views,
 )
 from lss_cli.data.sampling import segment_indices
-from lss_cli.data.video_io import decode_all, encode_video, read_union, read_views
+from lss_cli.data.video_io import VideoReadError, decode_all, encode_video, read_union, read_views
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # CLIP's
 SMALL = ViewsConfig(global_views=2, global_frames=4, global_size=32, local_views=3, local_frames=[4],
@@ -148,6 +148,10 @@ def test_approximate_mode_falls_back_to_exact_on_a_lying_header(tmp_path):
 
     out = read_views(cut, pick, seek_mode="approximate", timeout=10)
     assert seen[0] == 40 and 1 <= seen[-1] < 40 and out[0].shape[0] == 2
+    # Evaluation is strict: the same file is reported as truncated instead of scored on what is left.
+    with pytest.raises(VideoReadError, match="truncated: the header lists 40 frames"):
+        read_views(cut, pick, seek_mode="exact", timeout=10, strict=True)
+    assert read_views(full, pick, seek_mode="exact", timeout=10, strict=True)[0].shape[0] == 2
 
 
 # ---- on-device augmentation -----------------------------------------------------------------

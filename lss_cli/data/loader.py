@@ -285,7 +285,7 @@ class EvalClips(Dataset):
         """uint8 `[num_clips * num_crops, T, 3, S, S]`."""
         clips = self.reader(self.videos.path(index),
                             lambda n: list(eval_clip_indices(n, self.num_frames, self.num_clips)),
-                            seek_mode=self.seek_mode, timeout=self.timeout)
+                            seek_mode=self.seek_mode, timeout=self.timeout, strict=True)
         frames = resize_short_side(torch.cat(clips), self.size)  # [K * T, 3, S', L']
         crops = spatial_crops(frames, self.size, self.num_crops)  # num_crops x [K * T, 3, S, S]
         views = torch.stack(crops, 1).view(self.num_clips, self.num_frames, self.num_crops, 3, self.size, self.size)

@@ -107,15 +107,29 @@ def _precheck(path: str | Path) -> None:
         raise VideoReadError("empty file (0 bytes)")
 
 
+def truncation(decoder: VideoDecoder) -> str | None:
+    """Why a file counts as truncated, or None: its header promises clearly more frames than an
+    exact scan found (over 10 % and 3 frames). Needs exact seek mode (a scanned frame count)."""
+    md = decoder.metadata
+    header, content = md.num_frames_from_header, md.num_frames_from_content
+    if header and content and header - content > max(3, 0.1 * header):
+        return f"truncated: the header lists {header} frames, the file holds {content}"
+    return None
+
+
 def read_union(path: str | Path, pick: Callable[[int], list[torch.Tensor]], *, seek_mode: str = "exact",
-               timeout: float | None = None, device: str = "cpu") -> tuple[torch.Tensor, list[torch.Tensor]]:
+               timeout: float | None = None, device: str = "cpu",
+               strict: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Frames of several views from one file, decoded together: `pick(num_frames)` returns each
     view's indices; returns (uint8 frames of the sorted union `[U, 3, H, W]`, per view its
     positions into them), see `lss_cli.data.sampling.decode_union`.
 
     Raises VideoReadError (with a reason) for a missing, empty, unreadable or hanging file. In
     approximate mode a failed decode is retried once in exact mode (the header's frame count can
-    be wrong, e.g. in a truncated file), calling `pick` again with the scanned count."""
+    be wrong, e.g. in a truncated file), calling `pick` again with the scanned count.
+
+    `strict` (evaluation): a truncated file (see `truncation`) is unreadable even if what is left
+    decodes, so results report it instead of scoring a shortened video. Training may use what is left."""
     from lss_cli.data.sampling import decode_union
 
     def decode(mode: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -123,6 +137,8 @@ def read_union(path: str | Path, pick: Callable[[int], list[torch.Tensor]], *, s
         n = num_frames(dec)
         if n < 1:
             raise VideoReadError("no video frames" if mode == "exact" else "no frame count in the header")
+        if strict and mode == "exact" and (why := truncation(dec)):
+            raise VideoReadError(why)
         return decode_union(dec, pick(n))
 
     def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -140,9 +156,9 @@ def read_union(path: str | Path, pick: Callable[[int], list[torch.Tensor]], *, s
 
 
 def read_views(path: str | Path, pick: Callable[[int], list[torch.Tensor]], *, seek_mode: str = "exact",
-               timeout: float | None = None, device: str = "cpu") -> list[torch.Tensor]:
+               timeout: float | None = None, device: str = "cpu", strict: bool = False) -> list[torch.Tensor]:
     """`read_union`, split back into uint8 frames `[T_v, 3, H, W]` per view."""
-    frames, positions = read_union(path, pick, seek_mode=seek_mode, timeout=timeout, device=device)
+    frames, positions = read_union(path, pick, seek_mode=seek_mode, timeout=timeout, device=device, strict=strict)
     return [frames[pos] for pos in positions]
 
 
@@ -159,7 +175,6 @@ def check_video(path: str | Path, timeout: float | None = 60.0) -> str | None:
             dec = open_video(path, num_threads=1, seek_mode="exact")
         except (RuntimeError, ValueError) as e:
             raise VideoReadError(describe_error(e)) from None
-        md = dec.metadata
         n = num_frames(dec)
         if n < 1:
             return "no video frames"
@@ -167,10 +182,7 @@ def check_video(path: str | Path, timeout: float | None = 60.0) -> str | None:
             decode_at(dec, [0, n - 1])
         except (RuntimeError, ValueError, IndexError) as e:
             return describe_error(e)
-        header, content = md.num_frames_from_header, md.num_frames_from_content
-        if header and content and header - content > max(3, 0.1 * header):
-            return f"truncated: the header lists {header} frames, the file holds {content}"
-        return None
+        return truncation(dec)
 
     try:
         return call_with_timeout(run, timeout)
