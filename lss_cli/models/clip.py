@@ -51,14 +51,6 @@ class Clip:
         return int(self.model.visual.output_dim)
 
 
-def list_models() -> list[str]:
-    return open_clip.list_models()
-
-
-def list_pretrained(name: str) -> list[str]:
-    return open_clip.list_pretrained_tags_by_model(name)
-
-
 def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str]:
     """(open_clip model name, open_clip pretrained arg, weights_id). Checks everything checkable."""
     if pretrained and pretrained.startswith(LOCAL_DIR):

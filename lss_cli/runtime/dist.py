@@ -57,14 +57,6 @@ def all_reduce_mean_(tensor):
     return tensor
 
 
-def all_reduce_sum_(tensor):
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
 def cleanup() -> None:
     import torch.distributed as dist
 

@@ -1,4 +1,7 @@
-"""Seeding: one seed for the run, `seed + rank` per process, derived seeds for workers."""
+"""Seeding: one seed for the run, `seed + rank` per process.
+
+Data sampling and augmentation do not use these global generators: they derive their own from
+(seed, epoch, sample, step) so that a resumed run replays exactly (see lss_cli/data/loader.py)."""
 
 from __future__ import annotations
 
@@ -14,21 +17,3 @@ def seed_everything(seed: int, rank: int = 0) -> int:
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
     return s
-
-
-def worker_init_fn(worker_id: int) -> None:
-    """DataLoader worker seeding: torch already gives each worker base_seed + id; mirror it elsewhere."""
-    import numpy as np
-    import torch
-
-    s = torch.initial_seed() % 2**32
-    random.seed(s)
-    np.random.seed(s)
-
-
-def generator(seed: int):
-    import torch
-
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
