@@ -62,7 +62,6 @@ class Trainer:
     teacher_fwd: Any = None
     step: int = 0  # optimizer steps completed
     metrics: MetricsWriter | None = None
-    skipped_total: int = 0  # unreadable videos substituted so far
     stop_requested: bool = False  # set by SIGINT; honoured between steps
     header: dict[str, Any] = field(default_factory=dict)
 
@@ -147,12 +146,9 @@ def _make_views(t: Trainer, batch: dict[str, Any], step: int, micro: int):
 
 def train_one_epoch(t: Trainer, epoch: int, progress, task) -> None:
     cfg = t.cfg
-    sampler = getattr(t.loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
+    t.loader.set_epoch(epoch)
     first = t.step - epoch * t.iters_per_epoch  # optimizer steps of this epoch already done (resume)
-    if hasattr(sampler, "set_start"):
-        sampler.set_start(first * t.accum * cfg.data.batch_size)  # skip consumed samples without decoding
+    t.loader.sampler.set_start(first * t.accum * cfg.data.batch_size)  # skip consumed samples without decoding
     tic, clips = time.perf_counter(), 0
     micro: list[dict[str, Any]] = []
     for batch in _batches(t):
@@ -162,8 +158,6 @@ def train_one_epoch(t: Trainer, epoch: int, progress, task) -> None:
         if len(micro) < t.accum:
             continue
         parts = train_step(t, micro, t.step)
-        skipped = sum(int(b.get("skipped", 0)) for b in micro)
-        t.skipped_total += skipped
         clips += sum(b["global"].shape[0] for b in micro)
         micro = []
         t.step += 1
@@ -172,10 +166,9 @@ def train_one_epoch(t: Trainer, epoch: int, progress, task) -> None:
             elapsed = time.perf_counter() - tic
             _log_step(t, epoch, parts, clips * t.dist.world_size / max(elapsed, 1e-9))
             tic, clips = time.perf_counter(), 0
-        if t.step % cfg.log.save_every == 0:
-            _save(t, epoch)
+        if t.step % cfg.log.save_every == 0 or t.stop_requested:
+            _save(t)
         if t.stop_requested:
-            _save(t, epoch)
             raise KeyboardInterrupt
 
 
@@ -217,14 +210,14 @@ def _log_step(t: Trainer, epoch: int, parts: dict[str, torch.Tensor], clips_per_
               "weight_decay": float(t.schedules.weight_decay[t.step - 1]),
               "teacher_momentum": float(t.schedules.teacher_momentum[t.step - 1]),
               "teacher_temp": float(t.schedules.teacher_temp[t.step - 1]),
-              "clips_per_s": clips_per_s, "skipped_videos": t.skipped_total}
+              "clips_per_s": clips_per_s, "skipped_videos": t.loader.skipped_total}
     if t.device.type == "cuda":
         record["gpu_mem_gib"] = torch.cuda.max_memory_allocated(t.device) / 2**30
     if t.metrics is not None:
         t.metrics.write(record)
 
 
-def _save(t: Trainer, epoch: int) -> None:
+def _save(t: Trainer) -> None:
     if not t.dist.is_main:
         return
     # Never checkpoint a diverged model: the check costs one sync per save, not per step.
@@ -243,11 +236,11 @@ def run_epochs(t: Trainer) -> None:
         task = progress.add_task("train", total=total, completed=t.step)
         for epoch in range(t.step // t.iters_per_epoch, t.cfg.optim.epochs):
             train_one_epoch(t, epoch, progress, task)
-            if t.stop_requested:
-                _save(t, epoch)
+            if t.stop_requested:  # Ctrl-C while the loader was stopping: the step count is whole
+                _save(t)
                 raise KeyboardInterrupt
     if t.step % t.cfg.log.save_every != 0:
-        _save(t, t.cfg.optim.epochs)
+        _save(t)
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,7 +367,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         finally:
             signal.signal(signal.SIGINT, previous)
         return {"is_main": t.dist.is_main, "run_dir": str(t.run_dir), "steps": t.step,
-                "skipped_videos": t.skipped_total,
+                "skipped_videos": t.loader.skipped_total,
                 "checkpoint": str(latest_checkpoint(t.run_dir / "checkpoints"))}
     finally:
         if t.metrics is not None:
