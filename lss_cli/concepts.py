@@ -19,11 +19,11 @@ Vocabulary expansion and the losses (our definition; the paper leaves expansion 
   M descriptions (extra sentences included). The uniform prior acts on that full category
   distribution.
 - **Concept alignment** needs the category <-> description relation, so it uses only the
-  categories that own at least one description (`ConceptBank.ca_category_index`, `[K_ca]`) and
-  the descriptions that have an owner (`ca_description_index`, `[M_ca]`). Its softmaxes are taken
-  over those subsets (`scores[:, ca_category_index]`, `scores[:, ca_description_index]`), and
-  description probabilities are aggregated to categories with `ca_description_owner` (`[M_ca]`,
-  values in `[0, K_ca)`). Without extra words/sentences and without missing categories the subsets
+  categories that own at least one description (`ConceptBank.category_ca_mask`, `[K]`) and
+  the descriptions that have an owner (`description_ca_mask`, `[M]`). Its softmaxes are taken
+  over those subsets, and description probabilities are aggregated to categories through
+  `description_owner` (the loss, `lss_cli.losses.LSSLoss`, derives the sub-bank indices from
+  `description_owner` alone). Without extra words/sentences and without missing categories the subsets
   are the whole banks and this is exactly the paper's concept alignment.
 
 The file (`concepts.safetensors`) holds the tensors `category`, `description`, `description_owner`,
@@ -385,31 +385,6 @@ class ConceptBank:
         """`[M]` bool: the description has an owner (takes part in concept alignment)."""
         return self.description_owner >= 0
 
-    @property
-    def ca_category_index(self) -> torch.Tensor:
-        """`[K_ca]` int64: bank rows of the categories used by concept alignment."""
-        return self.category_ca_mask.nonzero().flatten()
-
-    @property
-    def ca_description_index(self) -> torch.Tensor:
-        """`[M_ca]` int64: bank rows of the descriptions used by concept alignment."""
-        return self.description_ca_mask.nonzero().flatten()
-
-    @property
-    def ca_description_owner(self) -> torch.Tensor:
-        """`[M_ca]` int64 in `[0, K_ca)`: owner of each CA description, as a position in `ca_category_index`."""
-        import torch
-
-        index = self.ca_category_index
-        position = torch.full((self.K,), -1, dtype=torch.int64, device=index.device)
-        position[index] = torch.arange(len(index), device=index.device)
-        return position[self.description_owner[self.ca_description_index]]
-
-    def to(self, device: Any) -> ConceptBank:
-        """A copy with the tensors on `device` (names and metadata shared)."""
-        return ConceptBank(self.category.to(device), self.description.to(device), self.description_owner.to(device),
-                           self.category_names, self.description_texts, self.num_label_categories, self.metadata)
-
     def check_model(self, model: str | None = None, weights: str | None = None, where: str = "concept bank") -> None:
         """Refuse use with another CLIP model / weights than the bank was built with."""
         if model is not None and model != self.model:
@@ -491,14 +466,13 @@ def save_concept_bank(bank: ConceptBank, path: str | Path) -> Path:
 
 def _read_bank_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     try:
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:  # one open for metadata and tensors
             raw_meta = f.metadata() or {}
-        tensors = load_file(str(path))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
     except (SafetensorError, OSError) as e:
         raise _invalid(str(path), f"cannot read it as safetensors ({e})") from None
     try:

@@ -80,13 +80,17 @@ class DescriptionsState:
     bad_lines: int  # torn or unparseable lines (skipped; their classes are not done)
 
 
+def _line(record: DescriptionRecord | FailedRecord) -> str:
+    return json.dumps(asdict(record), ensure_ascii=False) + "\n"
+
+
 def append_record(path: str | Path, record: DescriptionRecord | FailedRecord) -> None:
     """Append one record as a single write of one full line, flushed to disk.
 
     If the file ends in a torn line (a crash mid-write), a newline is written first so the new
     record is never glued onto the broken one.
     """
-    line = json.dumps(asdict(record), ensure_ascii=False) + "\n"
+    line = _line(record)
     with open(path, "a+b") as f:
         if f.tell() > 0:
             f.seek(-1, os.SEEK_END)
@@ -124,11 +128,10 @@ def repair_tail(path: str | Path) -> str | None:
 
 
 def write_records(path: str | Path, records: Iterable[DescriptionRecord]) -> None:
-    tmp = Path(path).with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    """Write a whole file at once (temp file + fsync + rename)."""
+    from lss_cli.runtime.rundir import write_text_atomic
+
+    write_text_atomic(path, "".join(_line(r) for r in records))
 
 
 def read_state(path: str | Path) -> DescriptionsState:

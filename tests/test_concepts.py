@@ -186,11 +186,17 @@ def test_vocabulary_expansion_masks_and_ca_indices(expanded):
     assert bank.description_owner.tolist() == [0, 2, 2, -1, -1] and inputs.dropped_duplicates == 1
     assert bank.category_ca_mask.tolist() == [True, False, True, False, False]
     assert bank.description_ca_mask.tolist() == [True, True, True, False, False]
-    assert bank.ca_category_index.tolist() == [0, 2] and bank.ca_description_index.tolist() == [0, 1, 2]
-    owner = bank.ca_description_owner  # positions in ca_category_index
+    # The loss derives the aligned subset from description_owner alone (one implementation, in
+    # lss_cli.losses); it must agree with the masks stored in the file.
+    from lss_cli.losses import LSSLoss
+
+    loss = LSSLoss(bank.category, bank.description, bank.description_owner)
+    assert loss.ca_category_index.tolist() == bank.category_ca_mask.nonzero().flatten().tolist() == [0, 2]
+    assert loss.ca_description_index.tolist() == bank.description_ca_mask.nonzero().flatten().tolist() == [0, 1, 2]
+    owner = loss.ca_owner  # positions in ca_category_index
     assert owner.tolist() == [0, 1, 1]
-    names = [bank.category_names[bank.ca_category_index[o]] for o in owner]
-    assert names == [bank.category_names[bank.description_owner[m]] for m in bank.ca_description_index]
+    names = [bank.category_names[loss.ca_category_index[o]] for o in owner]
+    assert names == [bank.category_names[bank.description_owner[m]] for m in loss.ca_description_index]
 
 
 def test_round_trip_and_model_mismatch(expanded, tmp_path, tiny_clip):
