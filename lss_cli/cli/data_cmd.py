@@ -35,8 +35,10 @@ def synth(
     Example: lss data synth runs/data/synthetic --classes 8 --videos-per-class 12
     """
     from lss_cli.data.synth import SynthSpec, generate
+    from lss_cli.runtime.progress import set_quiet
     from lss_cli.runtime.rundir import prepare_run_dir
 
+    set_quiet(quiet)
     spec = SynthSpec(classes=classes, videos_per_class=videos_per_class, frames=frames, size=size, fps=fps, seed=seed)
     spec.validate()
     prepare_run_dir(out_dir, overwrite=overwrite)
@@ -77,8 +79,10 @@ def prepare(
     Example: lss data prepare ucf101 --root /data/UCF-101 --out lists/ucf101
     """
     from lss_cli.data.prepare import prepare_lists
+    from lss_cli.runtime.progress import set_quiet
     from lss_cli.runtime.rundir import prepare_run_dir
 
+    set_quiet(quiet)
     prepare_run_dir(out, overwrite=overwrite)
     summary = prepare_lists(dataset, root, out, splits_dir=splits_dir, drop_missing=drop_missing)
     render_prepare_summary(summary, json_out)

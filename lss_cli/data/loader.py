@@ -38,7 +38,6 @@ batch_size, num_workers, rank=0, world_size=1, seek_mode="exact", decode_timeout
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator
 
@@ -62,17 +61,12 @@ from lss_cli.data.sampling import (
 )
 from lss_cli.data.video_io import VideoReadError, read_union, read_views
 from lss_cli.errors import ConfigError, LssError
+from lss_cli.runtime.seeding import sample_seed
 
 __all__ = ["EvalShardSampler", "TrainLoader", "TrainShardSampler", "build_eval_loader", "build_train_loader",
            "make_eval_views", "make_train_views"]
 
 MAX_SUBSTITUTES = 32  # consecutive unreadable videos one sample may meet before the run stops
-
-
-def sample_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, epoch, index, attempt): stable across processes."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ silently. Paths are relative to `root`; labels are 0-based, -1 for unlabelled (K
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -56,8 +57,9 @@ def prepare_lists(dataset: str, root: str | Path, out: str | Path, *, splits_dir
     classes = next(iter(lists.values())).classes
     write_text_atomic(out / "classes.txt", "".join(c + "\n" for c in classes))
     rows, missing_lines = [], []
+    exists = functools.cache(os.path.isfile)  # each video appears in all 3 splits: stat it once
     for name, videos in lists.items():
-        missing = [i for i in range(len(videos)) if not os.path.isfile(videos.path(i))]
+        missing = [i for i in range(len(videos)) if not exists(videos.path(i))]
         missing_lines += [f"{name}.txt\t{videos.relpath(i)}\n" for i in missing]
         skip = set(missing) if drop_missing else set()
         write_text_atomic(out / f"{name}.txt", "".join(f"{videos.relpath(i)} {videos.label(i)}\n"

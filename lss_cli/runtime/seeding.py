@@ -5,6 +5,7 @@ Data sampling and augmentation do not use these global generators: they derive t
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 
@@ -17,3 +18,10 @@ def seed_everything(seed: int, rank: int = 0) -> int:
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
     return s
+
+
+def sample_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, e.g. (seed, epoch, index, attempt): stable across processes and
+    runs, so frame sampling, crops and augmentation replay exactly after a resume."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)

@@ -132,10 +132,11 @@ def train_step(t: Trainer, micro_batches: list[Any], step: int, make_views=None)
 
 def _make_views(t: Trainer, batch: dict[str, Any], step: int, micro: int):
     from lss_cli.data.loader import make_train_views
+    from lss_cli.runtime.seeding import sample_seed
 
-    g = torch.Generator()  # parameters are drawn on the CPU, applied on the device
-    # Augmentation randomness is a function of (seed, rank, step, micro-batch): exact resume.
-    g.manual_seed(((t.cfg.run.seed * 1_000_003 + t.dist.rank) * 1_000_003 + step) * 64 + micro)
+    # Parameters are drawn on the CPU, applied on the device. Augmentation randomness is a function
+    # of (seed, rank, step, micro-batch), so a resumed run replays it exactly.
+    g = torch.Generator().manual_seed(sample_seed(t.cfg.run.seed, t.dist.rank, step, micro))
     return make_train_views(batch, t.cfg.views, t.mean, t.std, t.device, generator=g)
 
 
