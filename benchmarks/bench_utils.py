@@ -149,7 +149,10 @@ def _autocast_meta_as_cpu(device_type: str, *args: Any, **kwargs: Any):
 
 
 @contextmanager
-def _meta_counting():
+def meta_device_patches():
+    """Lets the production code run on meta tensors as it would on CUDA: fused attention, and
+    autocast blocks opened with device "meta". Used to count FLOPs and, in the tests, to prove the
+    step has no host sync."""
     # Patched on the modules: our encoder, our loss and nn.MultiheadAttention (open_clip's towers)
     # look these up there at call time.
     F.scaled_dot_product_attention = _fused_attention_on_meta
@@ -163,7 +166,7 @@ def _meta_counting():
 
 def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
     """(total FLOPs, FLOPs per aten op) of `fn()`, which should run on meta tensors."""
-    with _meta_counting(), FlopCounterMode(display=False) as counter:
+    with meta_device_patches(), FlopCounterMode(display=False) as counter:
         fn()
     per_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
     return int(counter.get_total_flops()), per_op

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup would otherwise hang ~45 s before failing
 
@@ -74,3 +77,21 @@ def bad_dataset(tmp_path_factory, synth_dataset):
     (root / "train.txt").write_text("\n".join(lines) + "\n")
     (root / "test.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+class HostToDevice(TorchDispatchMode):
+    """Records every op that takes a CPU tensor and returns a tensor on another device (a host->device
+    copy). Run code on the "meta" device under it: meta tensors have no data, so any op that would
+    read device data on the host (a host sync on a GPU: nonzero, .item(), bool()) raises there."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.device.type for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        outputs = {t.device.type for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)}
+        if "cpu" in inputs and outputs - {"cpu"}:
+            self.copies.append(str(func))
+        return out

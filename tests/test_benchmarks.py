@@ -103,3 +103,39 @@ def test_vit_b16_frame_flops_match_spec(bench_utils):
     # teacher forward on 2x8 global frames + student forward+backward on 2x8 global and 8x8 local frames
     clip_flops = 16 * per_frame[224][0] + 16 * per_frame[224][1] + 64 * per_frame[96][1]
     assert clip_flops / 1e12 == pytest.approx(3.48, abs=0.005)
+
+
+# ---- host syncs ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def train_bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import train_step
+
+        yield train_step
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_production_step_with_augmentation_has_no_host_sync(train_bench):
+    """The whole production `train_step` (device-side augmentation of uint8 views, student and
+    teacher, loss with centring, clipping, optimizer, EMA) runs on the meta device, where any op
+    that reads device data on the host (a host sync on a GPU) raises. Host->device copies per step:
+    the two pinned uint8 view batches and one parameter pack per augmented batch, nothing else.
+    (SGD stands in for AdamW, whose non-fused CPU/meta path keeps its step count on the host; the
+    fused CUDA AdamW the GPU uses keeps it on the device.)"""
+    from bench_utils import meta_device_patches
+    from conftest import HostToDevice
+
+    from lss_cli.train.loop import train_step
+
+    args = train_bench.parse_args(["--tiny", "--device", "cpu", "--augment", "--batch", "2"])
+    s = train_bench.build_setup(args, torch.device("cpu"))
+    t = train_bench.make_trainer(s, train_bench.VARIANTS["eager"], device=torch.device("meta"), optimizer="sgd")
+    batch = train_bench.make_inputs(args, torch.device("cpu"), seed=0)  # uint8 on the host, as the loader gives
+    with meta_device_patches(), HostToDevice() as probe:
+        parts = train_step(t, [batch], 0)  # default make_views: the production augmentation
+    assert parts["loss"].device.type == "meta"
+    assert sorted(probe.copies) == ["aten._to_copy.default"] * 4, probe.copies

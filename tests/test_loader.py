@@ -8,7 +8,7 @@ import threading
 
 import pytest
 import torch
-from conftest import BAD
+from conftest import BAD, HostToDevice
 
 from lss_cli.config import DataConfig, ViewsConfig
 from lss_cli.data.augment import _draw_params, augment_views
@@ -200,6 +200,35 @@ def test_make_train_views_normalises_and_is_seeded(synth_dataset):
     a = make_train_views(batch, SMALL, MEAN, STD, "cpu", torch.Generator().manual_seed(5))
     b = make_train_views(batch, SMALL, MEAN, STD, "cpu", torch.Generator().manual_seed(5))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_device_augmentation_needs_no_host_sync_and_one_copy_per_call():
+    """On the meta device any op that needs the device's data on the host (nonzero, .item(), a
+    boolean test: a host sync on a GPU) raises, so running the production augmentation there proves
+    it has none. Host->device copies: the two uint8 view batches plus ONE parameter pack per
+    augment call (flip / hue / grey selections, jitter factors, mean and std)."""
+    views = ViewsConfig(flip_p=0.5, color_jitter_p=0.8, grayscale_p=0.5)
+    batch = {"global": torch.zeros(4, 2, 3, 3, 16, 16, dtype=torch.uint8),
+             "local": torch.zeros(4, 5, 2, 3, 8, 8, dtype=torch.uint8)}
+    with HostToDevice() as probe:
+        glob, local = make_train_views(batch, views, MEAN, STD, "meta", torch.Generator().manual_seed(0))
+    assert glob.device.type == "meta" and glob.shape == (4, 2, 3, 3, 16, 16) and local.shape == (4, 5, 2, 3, 8, 8)
+    assert len(probe.copies) == 4, probe.copies
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_augmentation_has_no_host_sync_on_cuda():
+    views = ViewsConfig(flip_p=0.5, color_jitter_p=0.8, grayscale_p=0.5)
+    batch = {"global": torch.zeros(4, 2, 3, 3, 32, 32, dtype=torch.uint8).pin_memory(),
+             "local": torch.zeros(4, 5, 2, 3, 16, 16, dtype=torch.uint8).pin_memory()}
+    make_train_views(batch, views, MEAN, STD, "cuda", torch.Generator().manual_seed(0))  # warm-up allocations
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        make_train_views(batch, views, MEAN, STD, "cuda", torch.Generator().manual_seed(1))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
 
 
 # ---- evaluation -----------------------------------------------------------------------------

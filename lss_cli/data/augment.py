@@ -111,7 +111,8 @@ def _hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     hue = (hue + shift.view(-1, 1, 1, 1)) % 1.0
     sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
     # HSV -> RGB: channel n in (5, 3, 1) is v - v*s*clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6.
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 1, 3, 1, 1)
+    # arange runs on the device; torch.tensor([...], device=cuda) would be a synchronous copy.
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 1, 3, 1, 1)  # 5, 3, 1
     k = (n + hue.unsqueeze(-3) * 6) % 6
     return maxc.unsqueeze(-3) - (maxc * sat).unsqueeze(-3) * torch.minimum(k, 4 - k).clamp(0, 1)
 
@@ -140,42 +141,72 @@ def _draw_params(b: int, v: int, views: ViewsConfig, generator: torch.Generator 
     return out
 
 
+_FACTORS = ("brightness", "contrast", "saturation", "hue")
+
+
+def _host_to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small CPU tensor to `device` without a host sync: a plain `.to(cuda)` of pageable
+    memory makes the host wait for every kernel queued before it (memcpy + stream sync), which
+    would stall the launch of the next step behind the previous one. Pinned + non_blocking is a
+    queued DMA; the caching host allocator keeps the buffer alive until the copy has run."""
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
+def _pack_params(p: dict[str, torch.Tensor], mean: Sequence[float], std: Sequence[float],
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    """All augmentation parameters of one call on `device`, in ONE host->device copy.
+
+    The flip / hue / grey selections become flat view indices (into `[B * V]`) on the CPU, where
+    the masks were drawn, so the device never reports back a count. Everything travels as one
+    float32 vector (indices < 2^24 are exact in float32) and is split on the device by sizes the
+    host already knows: no sync, one DMA instead of a dozen small pageable copies."""
+    flat = torch.arange(p["flip"].numel())
+    index = {"flip_index": flat[p["flip"].flatten()], "hue_index": flat[(p["hue"] != 0).flatten()],
+             "gray_index": flat[p["gray"].flatten()]}
+    pieces = [p[k].flatten().float() for k in _FACTORS] + [i.float() for i in index.values()]
+    pieces += [torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)]
+    dev = _host_to_device(torch.cat(pieces), device).split([len(t) for t in pieces])
+    shape = p["flip"].shape  # [B, V]
+    out = {k: dev[i].view(shape) for i, k in enumerate(_FACTORS)}
+    out.update({k: dev[len(_FACTORS) + i].long() for i, k in enumerate(index)})
+    out["mean"], out["std"] = dev[-2], dev[-1]
+    return out
+
+
 def augment_views(x: torch.Tensor, views: ViewsConfig, mean: Sequence[float], std: Sequence[float],
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 views `[B, V, T, 3, H, W]` (any device) -> augmented, normalised float32, same shape.
 
-    Which views are flipped / hue-shifted / grey is decided on the CPU, so the device never has to
-    report back (no host sync) before the model's forward pass."""
+    Which views are flipped / hue-shifted / grey is decided on the CPU and shipped with the other
+    parameters in one copy, so the device never has to report back (no host sync) before the
+    model's forward pass. Views not selected for an operation skip its work."""
     B, V = x.shape[:2]
-    p = _draw_params(B, V, views, generator)  # CPU
-
-    def where(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        b, v = mask.nonzero(as_tuple=True)
-        return (b.to(x.device, non_blocking=True), v.to(x.device, non_blocking=True)) if len(b) else None
-
-    def factor(name: str) -> torch.Tensor:
-        return _per_view(p[name].to(x.device, non_blocking=True), x)
-
+    p = _pack_params(_draw_params(B, V, views, generator), mean, std, x.device)  # on x.device
     x = x.float().div_(255)  # [B, V, T, 3, H, W]
-    if (sel := where(p["flip"])) is not None:
-        x[sel] = x[sel].flip(-1)
-    x = (x * factor("brightness")).clamp_(0, 1)
-    c = factor("contrast")
+    flat = x.flatten(0, 1)  # [B * V, T, 3, H, W], a view of x: writes go through to x
+    if len(i := p["flip_index"]):
+        flat[i] = flat[i].flip(-1)
+    x = (x * _per_view(p["brightness"], x)).clamp_(0, 1)
+    c = _per_view(p["contrast"], x)
     x = (c * x + (1 - c) * _gray(x).mean(dim=(2, 3, 4, 5), keepdim=True)).clamp_(0, 1)
-    s = factor("saturation")
+    s = _per_view(p["saturation"], x)
     x = (s * x + (1 - s) * _gray(x)).clamp_(0, 1)
-    if (sel := where(p["hue"] != 0)) is not None:
-        x[sel] = _hue_shift(x[sel], p["hue"][p["hue"] != 0].to(x.device, non_blocking=True))
-    if (sel := where(p["gray"])) is not None:
-        x[sel] = _gray(x[sel]).expand(-1, -1, 3, -1, -1)
-    return normalize(x, mean, std)
+    flat = x.flatten(0, 1)
+    if len(i := p["hue_index"]):
+        flat[i] = _hue_shift(flat[i], p["hue"].flatten()[i])
+    if len(i := p["gray_index"]):
+        flat[i] = _gray(flat[i]).expand(-1, -1, 3, -1, -1)
+    return normalize(x, p["mean"], p["std"])
 
 
-def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """float `[..., 3, H, W]` in [0, 1] -> (x - mean) / std, in place."""
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(3, 1, 1)
-    return x.sub_(m).div_(s)
+def normalize(x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """float `[..., 3, H, W]` in [0, 1] -> (x - mean) / std, in place. `mean`/`std`: 3 values, or
+    `[3]` tensors already on x's device."""
+    m, s = (v if isinstance(v, torch.Tensor) else _host_to_device(torch.tensor(v, dtype=torch.float32), x.device)
+            for v in (mean, std))
+    return x.sub_(m.to(x.dtype).view(3, 1, 1)).div_(s.to(x.dtype).view(3, 1, 1))
 
 
 def make_train_views(batch: dict, views_cfg: ViewsConfig, mean: Sequence[float], std: Sequence[float],
