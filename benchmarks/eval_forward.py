@@ -1,7 +1,8 @@
 """Time feature extraction (the evaluation forward pass): our video encoder, eager vs compiled.
 
-The forward is what `lss eval` runs per batch (`lss_cli.eval.features._encode_batches`):
-`encoder.encode(video [B, T, 3, S, S])` under `torch.inference_mode()` and bf16 autocast on CUDA
+The forward is what `lss eval` runs per batch (`lss_cli.eval.forward.EvalForward`, called by
+`lss_cli.eval.features`): `encoder.encode(video [B, T, 3, S, S])` at a fixed batch shape, guarded
+`torch.compile` (on by default on CUDA), under `torch.inference_mode()` and bf16 autocast on CUDA
 (fp32 on CPU), here on random weights and synthetic views already on the device (decoding
 excluded). In the same run: the frame-wise open_clip forward (the CLIP frame-average baseline),
 a matmul ceiling, and FLOPs per clip counted with `torch.utils.flop_counter.FlopCounterMode`.
@@ -124,11 +125,12 @@ def measure(name: str, model, video: torch.Tensor, args, device, flops: int, cei
     return row
 
 
-def compiled(model, name: str, mode: str | None, backend: str):
-    from lss_cli.train.compile import maybe_compile
+def production_forward(encoder, mode: str | None, batch: int, backend: str):
+    """What `lss eval` runs: `lss_cli.eval.forward.EvalForward` (fixed batch, guarded compile)."""
+    from lss_cli.eval.forward import EvalForward
 
-    kw = {"backend": backend} | ({"mode": mode} if mode != "default" else {})
-    return maybe_compile(model, name, mode is not None, **kw)
+    kw = {"backend": backend} | ({"mode": mode} if mode not in (None, "default") else {})
+    return EvalForward(encoder, "proj", batch, compile=mode is not None, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     tol = 1e-5 if precision == "fp32" else max(1e-2, 2 * rel_err(ref, truth))
     rows = []
     for name in args.variants.split(","):
-        model = compiled(encoder, f"encoder ({name})", MODES[name], args.backend)
+        model = production_forward(encoder, MODES[name], args.batch, args.backend)
         rows.append(measure(name, model, video, args, device, flops, ceiling, truth, tol))
         torch._dynamo.reset()
     if args.baseline:

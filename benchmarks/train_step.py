@@ -235,8 +235,8 @@ def make_trainer(s: Setup, variant: Variant, device: torch.device | None = None,
 
     `optimizer="sgd"` is for FLOP counting on meta tensors (AdamW reads its step count on the host).
     """
+    from lss_cli.runtime.compile import maybe_compile
     from lss_cli.runtime.dist import DistInfo
-    from lss_cli.train.compile import maybe_compile
     from lss_cli.train.loop import Trainer
     from lss_cli.train.schedules import build_schedules
 
@@ -336,7 +336,7 @@ class Baseline:
 def build_baseline(s: Setup, device: torch.device, compiled: bool = False, optimizer: str = "adamw") -> Baseline:
     from lss_cli.models.clip import load_clip
     from lss_cli.models.video import split_decay
-    from lss_cli.train.compile import maybe_compile
+    from lss_cli.runtime.compile import maybe_compile
     from lss_cli.train.schedules import build_schedules
 
     a = s.args

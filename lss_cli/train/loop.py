@@ -24,13 +24,13 @@ import torch
 
 from lss_cli.config import TrainConfig, dump_yaml, to_dict
 from lss_cli.errors import LssError
+from lss_cli.runtime.compile import maybe_compile
 from lss_cli.runtime.dist import DistInfo, barrier, cleanup, init_distributed
 from lss_cli.runtime.metrics import MetricsWriter, read_metrics
 from lss_cli.runtime.progress import log, make_progress, warn
 from lss_cli.runtime.rundir import default_run_dir, prepare_run_dir, write_run_files, write_text_atomic
 from lss_cli.runtime.seeding import seed_everything
 from lss_cli.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
-from lss_cli.train.compile import maybe_compile
 from lss_cli.train.ema import ema_update
 from lss_cli.train.schedules import Schedules, build_schedules
 
