@@ -324,8 +324,9 @@ class EvalConfig:
     num_clips: int = 1  # temporal views
     num_crops: int = 1  # spatial views: 1 (centre) or 3 (left/centre/right)
     features: Literal["pre-proj", "proj"] = "proj"  # linear probe: features before or after the projection
-    batch_size: int = 16  # clips per forward
+    batch_size: int = 16  # clips per forward (the last batch is padded to it: one compiled shape)
     num_workers: int = 4  # decoding workers
+    compile: bool | None = None  # torch.compile the encoder forward; None = on for CUDA, off on CPU
     cache_dir: str | None = None  # per-video feature cache; None = runs/feature-cache (shared by all evals)
     out: str | None = None  # results JSON; None = <run dir>/results.json
     device: str = "auto"  # auto | cpu | cuda | cuda:N
