@@ -47,8 +47,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from lss_cli.errors import ConfigError, InputFileError
 from lss_cli.hashing import file_sha256
 
@@ -91,15 +89,11 @@ def text_sha256(lines: Sequence[str]) -> str:
 
 def load_templates(name_or_path: str | Path) -> TemplateSet:
     """A template set: a name shipped in prompts/ (e.g. `action_templates_v1`) or a YAML path."""
-    from lss_cli.resources import prompt_path
+    from lss_cli.resources import load_prompt_yaml
 
-    path = prompt_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise InputFileError(f"{path} is not valid YAML: {e}") from None
     hint = "a template file has `name:`, `version:` and `templates:`, a list of strings each with one {}"
-    if not isinstance(data, dict) or not isinstance(data.get("templates"), list) or not data["templates"]:
+    data, path, raw = load_prompt_yaml(name_or_path, what="template file", hint=hint)
+    if not isinstance(data.get("templates"), list) or not data["templates"]:
         raise InputFileError(f"{path}: no `templates:` list found", hint=hint)
     templates = data["templates"]
     for i, t in enumerate(templates):
@@ -110,7 +104,7 @@ def load_templates(name_or_path: str | Path) -> TemplateSet:
         dup = next(t for t in templates if templates.count(t) > 1)
         raise InputFileError(f"{path}: template {dup!r} appears more than once", hint="remove the repeat")
     return TemplateSet(str(data.get("name", path.stem)), data.get("version", 1), tuple(templates),
-                       str(path), file_sha256(path))
+                       str(path), hashlib.sha256(raw).hexdigest())
 
 
 def read_text_list(path: str | Path, what: str) -> list[str]:

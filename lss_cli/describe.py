@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lss_cli import llm
 from lss_cli.config import DescribeConfig
 from lss_cli.descriptions import (
@@ -47,7 +45,7 @@ from lss_cli.descriptions import (
 )
 from lss_cli.errors import InputFileError, LssError
 from lss_cli.labels import load_label_set
-from lss_cli.resources import prompt_path, prompts_dir
+from lss_cli.resources import load_prompt_yaml, prompts_dir
 from lss_cli.runtime.progress import log, make_progress, warn
 
 # --------------------------------------------------------------------------------------------
@@ -81,21 +79,9 @@ def _fill(text: str, category: str, n: int) -> str:
 
 
 def load_prompt(name_or_path: str) -> PromptTemplate:
-    path = prompt_path(name_or_path)
-    raw = path.read_bytes()
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise InputFileError(f"prompt file {path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise InputFileError(f"prompt file {path}: expected a mapping with {', '.join(_PROMPT_KEYS)}")
-    unknown = sorted(set(map(str, data)) - set(_PROMPT_KEYS))
-    missing = [k for k in ("name", "version", "user") if not data.get(k)]
-    if unknown or missing:
-        raise InputFileError(f"prompt file {path}: " + "; ".join(
-            ([f"unknown keys {', '.join(unknown)}"] if unknown else [])
-            + ([f"missing {', '.join(missing)}"] if missing else [])),
-            hint=f"a prompt file has the keys {', '.join(_PROMPT_KEYS)} (see prompts/describe_actions_v1.yaml)")
+    data, path, raw = load_prompt_yaml(
+        name_or_path, keys=_PROMPT_KEYS, required=("name", "version", "user"),
+        hint=f"a prompt file has the keys {', '.join(_PROMPT_KEYS)} (see prompts/describe_actions_v1.yaml)")
     fmt, system, user = data.get("format", "json"), str(data.get("system") or ""), str(data["user"])
     if fmt not in FORMATS:
         raise InputFileError(f"prompt file {path}: format {fmt!r} is not one of {', '.join(FORMATS)}")

@@ -152,6 +152,27 @@ def test_bad_prompt_files_are_rejected(tmp_path):
         load_prompt(str(bad))
 
 
+
+def test_prompt_and_template_files_share_the_yaml_checks(tmp_path):
+    """`load_prompt` and `load_templates` read their YAML through one helper: the same checks,
+    each error naming the kind of file and the fix."""
+    from lss_cli.concepts import load_templates
+
+    bad = tmp_path / "p.yaml"
+    for load, what, keys_hint in ((load_prompt, "prompt file", "prompts/describe_actions_v1.yaml"),
+                                  (load_templates, "template file", "`templates:`")):
+        bad.write_text("name: [unclosed\n")
+        with pytest.raises(InputFileError, match=f"{what} .*p.yaml is not valid YAML") as e:
+            load(str(bad))
+        assert keys_hint in e.value.hint
+        bad.write_text("- just\n- a list\n")
+        with pytest.raises(InputFileError, match=f"{what} .*p.yaml: expected a mapping") as e:
+            load(str(bad))
+        assert keys_hint in e.value.hint
+    bad.write_text("name: x\nversion: 1\n")
+    with pytest.raises(InputFileError, match="prompt file .*p.yaml: missing user"):
+        load_prompt(str(bad))
+
 def test_backoff_is_exponential_jittered_and_capped():
     for retry, d in ((0, 0.5), (1, 1.0), (3, 4.0), (10, 8.0)):
         delays = [backoff_delay(retry, 0.5, 8.0) for _ in range(50)]
