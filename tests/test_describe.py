@@ -260,6 +260,38 @@ def test_resume_skips_done_classes_and_overwrite_keeps_a_backup(tmp_path):
     assert len(read_records(tmp_path / "d.jsonl")[0]) == 3
 
 
+
+def test_a_resumed_run_checks_inputs_once_and_reads_its_output_once(tmp_path, monkeypatch):
+    """Label set and prompt loaded once, the existing output read once (under the lock), and a
+    torn last line is still removed and its class redone."""
+    import lss_cli.describe as describe_mod
+
+    names = ["a", "b", "c"]
+    out = tmp_path / "d.jsonl"
+    with FakeLLM(per_class=3) as server:
+        run_describe(fast_cfg(tmp_path, names, server, limit=2), env=KEY_ENV)
+        with open(out, "a") as f:
+            f.write('{"category": "c", "descr')  # a torn write
+        calls = {"labels": 0, "prompt": 0, "out read": 0}
+
+        def counting(key, fn):
+            def wrapped(*a, **k):
+                calls[key] += 1
+                return fn(*a, **k)
+            return wrapped
+
+        monkeypatch.setattr(describe_mod, "load_label_set", counting("labels", describe_mod.load_label_set))
+        monkeypatch.setattr(describe_mod, "load_prompt", counting("prompt", describe_mod.load_prompt))
+        for method in ("read_bytes", "read_text"):
+            real = getattr(Path, method)
+            monkeypatch.setattr(Path, method, lambda self, *a, _real=real, **k: (
+                calls.__setitem__("out read", calls["out read"] + (self == out)), _real(self, *a, **k))[1])
+        s = run_describe(fast_cfg(tmp_path, names, server), env=KEY_ENV)
+    assert (s.done, s.skipped, s.calls) == (1, 2, 1) and sorted(server.categories()) == names
+    assert calls == {"labels": 1, "prompt": 1, "out read": 1}
+    records, bad = read_records(out)
+    assert bad == 0 and sorted(r.category for r in records) == names
+
 # --------------------------------------------------------------------------------------------
 # The real CLI, in a subprocess
 # --------------------------------------------------------------------------------------------
