@@ -42,7 +42,7 @@ def main() -> None:
 
     import torch
 
-    from lss_cli.concepts import encode_texts, load_templates, render_prompts, truncated_mask
+    from lss_cli.concepts import encode_texts, load_templates, render_prompts, tokenize_checked
     from lss_cli.labels import load_label_set
     from lss_cli.models.clip import load_clip
     from lss_cli.runtime.device import resolve_device
@@ -62,16 +62,21 @@ def main() -> None:
           f"+ {n_total - n_prompts} descriptions = {n_total}")
 
     t0 = time.perf_counter()
-    n_cut = int(truncated_mask(clip, texts).sum())
-    print(f"truncation check (tokenise twice) of all {n_total} texts: {time.perf_counter() - t0:.2f} s, {n_cut} truncated")
+    tokens, cut = tokenize_checked(clip, texts)  # as build-concepts does: these tokens are then encoded
+    print(f"truncation check (tokenise at ctx and ctx + 1) of all {n_total} texts: {time.perf_counter() - t0:.2f} s, "
+          f"{int(cut.sum())} truncated")
 
     # A subset interleaves prompts and descriptions in proportion, so it is a fair sample.
-    subset = texts if args.limit is None or args.limit >= n_total else texts[:: max(1, n_total // args.limit)][: args.limit]
+    if args.limit is None or args.limit >= n_total:
+        subset, sub_tokens = texts, tokens
+    else:
+        step = max(1, n_total // args.limit)
+        subset, sub_tokens = texts[::step][: args.limit], tokens[::step][: args.limit]
     encode_texts(clip, subset[: args.batch_size], args.batch_size)  # warm-up (allocator, kernels)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    encode_texts(clip, subset, args.batch_size)
+    encode_texts(clip, subset, args.batch_size, tokens=sub_tokens)
     if device.type == "cuda":
         torch.cuda.synchronize()
     enc_s = time.perf_counter() - t0

@@ -130,10 +130,12 @@ def naive_read_union(path, pick, *, seek_mode="exact", timeout=None, device="cpu
     return frames, pick(len(frames))
 
 
-def naive_read_views(path, pick, *, seek_mode="exact", timeout=None, device="cpu", strict=False):
-    """Decode the whole video, then index it."""
+def naive_read_selected(path, pick, *, seek_mode="exact", timeout=None, device="cpu", strict=False):
+    """Decode the whole video, then copy out every view's frames (repeats included) for the
+    caller to resize one by one."""
     frames, views = naive_read_union(path, pick, seek_mode=seek_mode)
-    return [frames[v] for v in views]
+    rows = torch.cat(views)
+    return frames[rows], list(torch.arange(len(rows)).split([len(v) for v in views]))
 
 
 class NaiveTrainClips(TrainClips):
@@ -141,7 +143,7 @@ class NaiveTrainClips(TrainClips):
 
 
 class NaiveEvalClips(EvalClips):
-    reader = staticmethod(naive_read_views)
+    reader = staticmethod(naive_read_selected)
 
 
 # ---- measurement ----------------------------------------------------------------------------

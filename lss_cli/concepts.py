@@ -47,8 +47,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from lss_cli.errors import ConfigError, InputFileError
 from lss_cli.hashing import file_sha256
 
@@ -91,15 +89,11 @@ def text_sha256(lines: Sequence[str]) -> str:
 
 def load_templates(name_or_path: str | Path) -> TemplateSet:
     """A template set: a name shipped in prompts/ (e.g. `action_templates_v1`) or a YAML path."""
-    from lss_cli.resources import prompt_path
+    from lss_cli.resources import load_prompt_yaml
 
-    path = prompt_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise InputFileError(f"{path} is not valid YAML: {e}") from None
     hint = "a template file has `name:`, `version:` and `templates:`, a list of strings each with one {}"
-    if not isinstance(data, dict) or not isinstance(data.get("templates"), list) or not data["templates"]:
+    data, path, raw = load_prompt_yaml(name_or_path, what="template file", hint=hint)
+    if not isinstance(data.get("templates"), list) or not data["templates"]:
         raise InputFileError(f"{path}: no `templates:` list found", hint=hint)
     templates = data["templates"]
     for i, t in enumerate(templates):
@@ -110,7 +104,7 @@ def load_templates(name_or_path: str | Path) -> TemplateSet:
         dup = next(t for t in templates if templates.count(t) > 1)
         raise InputFileError(f"{path}: template {dup!r} appears more than once", hint="remove the repeat")
     return TemplateSet(str(data.get("name", path.stem)), data.get("version", 1), tuple(templates),
-                       str(path), file_sha256(path))
+                       str(path), hashlib.sha256(raw).hexdigest())
 
 
 def read_text_list(path: str | Path, what: str) -> list[str]:
@@ -269,8 +263,10 @@ def _batches(items: Sequence[str], size: int):
         yield items[start:start + size]
 
 
-def truncated_mask(clip: Clip, texts: Sequence[str], batch_size: int = 1024) -> torch.Tensor:
-    """`[N]` bool: which texts do not fit the text context and are cut by the tokenizer.
+def tokenize_checked(clip: Clip, texts: Sequence[str], batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens `[N, ctx]` int64 exactly as `clip.tokenizer(texts)` gives them, `[N]` bool: which
+    texts do not fit the text context and are cut by the tokenizer). Pass the tokens on to
+    `encode_texts` so the texts are not tokenised again.
 
     open_clip's tokenizers truncate silently. A text fits in `ctx` tokens exactly when its
     tokenization at `ctx` equals the first `ctx` tokens of its tokenization at `ctx + 1`
@@ -279,30 +275,43 @@ def truncated_mask(clip: Clip, texts: Sequence[str], batch_size: int = 1024) -> 
     import torch
 
     ctx = int(getattr(clip.tokenizer, "context_length", None) or clip.context_length)
-    flags = []
+    tokens, flags = [], []
     for chunk in _batches(list(texts), batch_size):
         short = clip.tokenizer(list(chunk))  # [B, ctx]
         longer = clip.tokenizer(list(chunk), context_length=ctx + 1)  # [B, ctx + 1]
+        tokens.append(short)
         flags.append((short != longer[:, :ctx]).any(dim=1))
-    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+    if not tokens:
+        return torch.zeros(0, ctx, dtype=torch.long), torch.zeros(0, dtype=torch.bool)
+    return torch.cat(tokens), torch.cat(flags)
+
+
+def truncated_mask(clip: Clip, texts: Sequence[str], batch_size: int = 1024) -> torch.Tensor:
+    """`[N]` bool: which texts do not fit the text context (see `tokenize_checked`)."""
+    return tokenize_checked(clip, texts, batch_size)[1]
 
 
 def encode_texts(clip: Clip, texts: Sequence[str], batch_size: int = 256, device: Any = None,
-                 progress: Progress | None = None) -> torch.Tensor:
+                 progress: Progress | None = None, tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Encode texts with the frozen text tower: `[N, D]` float32 on CPU, unit rows.
 
     Batched, under `torch.inference_mode`. `device` is where tokens go (default: the model's
-    device). The result is an ordinary tensor (usable in autograd graphs as a constant).
+    device). `tokens`: the texts already tokenised (`tokenize_checked`), `[N, ctx]`. The result is
+    an ordinary tensor (usable in autograd graphs as a constant).
     """
     import torch
     import torch.nn.functional as F
 
+    texts = list(texts)
+    if tokens is not None and len(tokens) != len(texts):
+        raise ValueError(f"{len(tokens)} token rows for {len(texts)} texts")
     device = torch.device(device) if device is not None else _model_device(clip)
     parts = []
     with torch.inference_mode():
-        for chunk in _batches(list(texts), batch_size):
-            tokens = clip.tokenizer(list(chunk)).to(device)  # [B, ctx]
-            emb = clip.model.encode_text(tokens).float()  # [B, D]
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start:start + batch_size]
+            batch = tokens[start:start + batch_size] if tokens is not None else clip.tokenizer(chunk)  # [B, ctx]
+            emb = clip.model.encode_text(batch.to(device)).float()  # [B, D]
             parts.append(F.normalize(emb, dim=-1).cpu())
             if progress is not None:
                 progress(len(chunk))
@@ -317,20 +326,21 @@ def render_prompts(names: Sequence[str], templates: Sequence[str]) -> list[str]:
 
 
 def build_category_bank(clip: Clip, names: Sequence[str], templates: Sequence[str] | TemplateSet,
-                        batch_size: int = 256, device: Any = None, progress: Progress | None = None
-                        ) -> torch.Tensor:
+                        batch_size: int = 256, device: Any = None, progress: Progress | None = None,
+                        tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Category vectors `[K, D]` (float32, CPU, unit rows): the template-ensemble text embedding.
 
     Each name is rendered through every template, encoded and L2-normalised; the T vectors of a
     name are averaged and the mean normalised again. Zero-shot classification scores videos
-    against exactly these rows (`z @ bank.T`).
+    against exactly these rows (`z @ bank.T`). `tokens`: the prompts `render_prompts(names,
+    templates)` already tokenised, `[K * T, ctx]`.
     """
     import torch.nn.functional as F
 
     templates = templates.templates if isinstance(templates, TemplateSet) else tuple(templates)
     if not names or not templates:
         raise ConfigError("need at least one category name and one template")
-    emb = encode_texts(clip, render_prompts(names, templates), batch_size, device, progress)  # [K*T, D]
+    emb = encode_texts(clip, render_prompts(names, templates), batch_size, device, progress, tokens)  # [K*T, D]
     emb = emb.view(len(names), len(templates), -1).mean(dim=1)  # [K, D]
     return F.normalize(emb, dim=-1)
 
@@ -577,13 +587,17 @@ def _metadata(clip: Clip, inputs: ConceptInputs, truncated: list[int], truncated
     }
 
 
-def encode_inputs(clip: Clip, inputs: ConceptInputs, batch_size: int, progress: Progress | None = None
+def encode_inputs(clip: Clip, inputs: ConceptInputs, batch_size: int, progress: Progress | None = None,
+                  prompt_tokens: torch.Tensor | None = None, description_tokens: torch.Tensor | None = None
                   ) -> ConceptBank:
-    """Encode checked inputs into a bank (metadata left for the caller)."""
+    """Encode checked inputs into a bank (metadata left for the caller). The optional tokens are
+    the category prompts' and the descriptions' from `tokenize_checked`."""
     import torch
 
-    category = build_category_bank(clip, inputs.category_names, inputs.templates, batch_size, progress=progress)
-    description = encode_texts(clip, inputs.description_texts, batch_size, progress=progress)  # [M, D]
+    category = build_category_bank(clip, inputs.category_names, inputs.templates, batch_size, progress=progress,
+                                   tokens=prompt_tokens)
+    description = encode_texts(clip, inputs.description_texts, batch_size, progress=progress,
+                               tokens=description_tokens)  # [M, D]
     owner = torch.tensor(inputs.description_owner, dtype=torch.int64)  # [M]
     return ConceptBank(category, description, owner, inputs.category_names, inputs.description_texts,
                        len(inputs.label_names))
@@ -605,8 +619,10 @@ def build_concepts(cfg: ConceptsConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     clip = load_clip(cfg.model, cfg.pretrained, device=device)
     prompts = render_prompts(inputs.category_names, inputs.templates.templates)
-    truncated = truncated_mask(clip, inputs.description_texts).nonzero().flatten().tolist()
-    truncated_prompts = int(truncated_mask(clip, prompts).sum())
+    prompt_tokens, prompt_cut = tokenize_checked(clip, prompts)  # tokenised once: checked, then encoded
+    description_tokens, description_cut = tokenize_checked(clip, inputs.description_texts)
+    truncated = description_cut.nonzero().flatten().tolist()
+    truncated_prompts = int(prompt_cut.sum())
     if truncated:
         warn(f"{len(truncated)} description(s) exceed the {clip.context_length}-token text context and were "
              f"truncated, e.g. {inputs.description_texts[truncated[0]][:80]!r}...")
@@ -615,7 +631,8 @@ def build_concepts(cfg: ConceptsConfig) -> dict[str, Any]:
     start = time.perf_counter()
     with make_progress() as bar:
         task = bar.add_task("encoding", total=len(prompts) + len(inputs.description_texts))
-        bank = encode_inputs(clip, inputs, cfg.batch_size, progress=lambda n: bar.advance(task, n))
+        bank = encode_inputs(clip, inputs, cfg.batch_size, progress=lambda n: bar.advance(task, n),
+                             prompt_tokens=prompt_tokens, description_tokens=description_tokens)
     seconds = time.perf_counter() - start
     bank.metadata = _metadata(clip, inputs, truncated, truncated_prompts)
     save_concept_bank(bank, cfg.out)
@@ -627,5 +644,5 @@ __all__ = [
     "ConceptBank", "ConceptBankMismatchError", "ConceptInputs", "TemplateSet", "bank_summary",
     "build_category_bank", "build_concepts", "encode_inputs", "encode_texts", "gather_inputs",
     "load_concept_bank", "load_templates", "plan_concepts", "read_text_list", "render_prompts",
-    "save_concept_bank", "truncated_mask", "validate_bank",
+    "save_concept_bank", "tokenize_checked", "truncated_mask", "validate_bank",
 ]

@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lss_cli import llm
 from lss_cli.config import DescribeConfig
 from lss_cli.descriptions import (
@@ -43,11 +41,11 @@ from lss_cli.descriptions import (
     FailedRecord,
     append_record,
     read_state,
-    repair_tail,
+    repair_and_read_state,
 )
 from lss_cli.errors import InputFileError, LssError
 from lss_cli.labels import load_label_set
-from lss_cli.resources import prompt_path, prompts_dir
+from lss_cli.resources import load_prompt_yaml, prompts_dir
 from lss_cli.runtime.progress import log, make_progress, warn
 
 # --------------------------------------------------------------------------------------------
@@ -81,21 +79,9 @@ def _fill(text: str, category: str, n: int) -> str:
 
 
 def load_prompt(name_or_path: str) -> PromptTemplate:
-    path = prompt_path(name_or_path)
-    raw = path.read_bytes()
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise InputFileError(f"prompt file {path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise InputFileError(f"prompt file {path}: expected a mapping with {', '.join(_PROMPT_KEYS)}")
-    unknown = sorted(set(map(str, data)) - set(_PROMPT_KEYS))
-    missing = [k for k in ("name", "version", "user") if not data.get(k)]
-    if unknown or missing:
-        raise InputFileError(f"prompt file {path}: " + "; ".join(
-            ([f"unknown keys {', '.join(unknown)}"] if unknown else [])
-            + ([f"missing {', '.join(missing)}"] if missing else [])),
-            hint=f"a prompt file has the keys {', '.join(_PROMPT_KEYS)} (see prompts/describe_actions_v1.yaml)")
+    data, path, raw = load_prompt_yaml(
+        name_or_path, keys=_PROMPT_KEYS, required=("name", "version", "user"),
+        hint=f"a prompt file has the keys {', '.join(_PROMPT_KEYS)} (see prompts/describe_actions_v1.yaml)")
     fmt, system, user = data.get("format", "json"), str(data.get("system") or ""), str(data["user"])
     if fmt not in FORMATS:
         raise InputFileError(f"prompt file {path}: format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -394,13 +380,24 @@ class DescribePlan:
 
 def plan_describe(cfg: DescribeConfig, env: dict[str, str] | None = None) -> DescribePlan:
     """Check every input and work out what a run would do. Reads only; no network."""
+    names, prompt, endpoint, out = _check_inputs(cfg, env)
+    state = read_state(out) if out.is_file() and not cfg.overwrite else DescriptionsState({}, {}, 0)
+    return _make_plan(cfg, names, prompt, endpoint, out, state)
+
+
+def _check_inputs(cfg: DescribeConfig, env: dict[str, str] | None) -> tuple[list[str], PromptTemplate, llm.Endpoint, Path]:
+    """(this run's classes, prompt, endpoint, output path), each checked; the output is not read."""
     names = list(load_label_set(cfg.labels).names)[: cfg.limit]
     prompt = load_prompt(cfg.prompt)
     endpoint = llm.resolve_endpoint(cfg.base_url, env)
     out = Path(cfg.out)
     if out.exists() and not out.is_file():
         raise InputFileError(f"--out {out} exists and is not a file", hint="name a .jsonl file")
-    state = read_state(out) if out.is_file() and not cfg.overwrite else DescriptionsState({}, {}, 0)
+    return names, prompt, endpoint, out
+
+
+def _make_plan(cfg: DescribeConfig, names: list[str], prompt: PromptTemplate, endpoint: llm.Endpoint, out: Path,
+               state: DescriptionsState) -> DescribePlan:
     done = [c for c in names if c in state.records]
     wanted = set(names)
     return DescribePlan(
@@ -474,12 +471,12 @@ class _Tally:
 def run_describe(cfg: DescribeConfig, env: dict[str, str] | None = None) -> DescribeSummary:
     """Describe every class of `cfg.labels` not yet in `cfg.out`; append each result as it lands."""
     t0 = time.perf_counter()
-    plan = plan_describe(cfg, env)
+    names, prompt, endpoint, out = _check_inputs(cfg, env)  # all checked before anything is written
     tally = _Tally()
-    with _exclusive(plan.out):
-        if plan.out.is_file():  # it may have changed since planning (a run that just ended): re-read
-            plan = plan_describe(cfg, env)
-        _prepare_output(plan, cfg)
+    with _exclusive(out):
+        # Read under the lock: a run that just ended may have added classes.
+        plan = _make_plan(cfg, names, prompt, endpoint, out, _prepare_output(out, cfg))
+        _warn_mismatched(plan)
         if plan.todo:
             log(f"describe: {len(plan.todo)} to ask for, {len(plan.done)} already done ({cfg.model})")
             _run_pool(plan, cfg, tally)
@@ -521,20 +518,26 @@ def _exclusive(out: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _prepare_output(plan: DescribePlan, cfg: DescribeConfig) -> None:
-    """--overwrite keeps the old file as <out>.bak; a resumed file is first cut back to whole lines."""
-    plan.out.parent.mkdir(parents=True, exist_ok=True)
-    if cfg.overwrite and plan.out.is_file():
-        backup = plan.out.with_name(plan.out.name + ".bak")
-        plan.out.replace(backup)
-        log(f"describe: --overwrite: the previous {plan.out} is kept as {backup}")
-        return
-    torn = repair_tail(plan.out)
+def _prepare_output(out: Path, cfg: DescribeConfig) -> DescriptionsState:
+    """What the output already holds, read once: --overwrite keeps the old file as <out>.bak and
+    starts empty; a resumed file is first cut back to whole lines."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite:
+        if out.is_file():
+            backup = out.with_name(out.name + ".bak")
+            out.replace(backup)
+            log(f"describe: --overwrite: the previous {out} is kept as {backup}")
+        return DescriptionsState({}, {}, 0)
+    state, torn = repair_and_read_state(out)
     if torn is not None:
-        warn(f"{plan.out} ended in a torn line (an interrupted write); removed it, its class is redone")
-    if plan.bad_lines - (torn is not None) > 0:
-        warn(f"{plan.out}: {plan.bad_lines - (torn is not None)} unreadable line(s) skipped; "
+        warn(f"{out} ended in a torn line (an interrupted write); removed it, its class is redone")
+    if state.bad_lines > 0:
+        warn(f"{out}: {state.bad_lines} unreadable line(s) skipped; "
              "their classes are redone unless recorded elsewhere in the file")
+    return state
+
+
+def _warn_mismatched(plan: DescribePlan) -> None:
     if plan.mismatched:
         what = ", ".join(f"{k} ({v})" for k, v in plan.mismatched.items())
         warn(f"{plan.out} holds finished classes made with a different {what}; they are kept and "

@@ -109,9 +109,13 @@ def repair_tail(path: str | Path) -> str | None:
     done again).
     """
     path = Path(path)
-    data = path.read_bytes() if path.is_file() else b""
+    return _repair_tail(path, path.read_bytes() if path.is_file() else b"")[1]
+
+
+def _repair_tail(path: Path, data: bytes) -> tuple[bytes, str | None]:
+    """`repair_tail` on the file's bytes `data`: (the bytes the file holds now, the torn text or None)."""
     if not data or data.endswith(b"\n"):
-        return None
+        return data, None
     start = data.rfind(b"\n") + 1
     tail = data[start:]
     if _parse_line(tail.decode("utf-8", errors="replace"), f"{path}:last line") is not None:
@@ -119,12 +123,22 @@ def repair_tail(path: str | Path) -> str | None:
             f.write(b"\n")
             f.flush()
             os.fsync(f.fileno())
-        return None
+        return data + b"\n", None
     with open(path, "r+b") as f:
         f.truncate(start)
         f.flush()
         os.fsync(f.fileno())
-    return tail.decode("utf-8", errors="replace")
+    return data[:start], tail.decode("utf-8", errors="replace")
+
+
+def repair_and_read_state(path: str | Path) -> tuple[DescriptionsState, str | None]:
+    """`repair_tail`, then `read_state` of the repaired file, reading it once: (state, torn text or
+    None). For the one writer (under its lock) before it appends; an absent file is empty."""
+    path = Path(path)
+    if not path.is_file():
+        return DescriptionsState({}, {}, 0), None
+    data, torn = _repair_tail(path, path.read_bytes())
+    return _parse_state(data, path), torn
 
 
 def write_records(path: str | Path, records: Iterable[DescriptionRecord]) -> None:
@@ -143,10 +157,15 @@ def read_state(path: str | Path) -> DescriptionsState:
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"descriptions file not found: {path}", hint="create it with `lss describe`")
+    return _parse_state(path.read_bytes(), path)
+
+
+def _parse_state(data: bytes, path: Path) -> DescriptionsState:
+    """`read_state` on the file's bytes."""
     records: dict[str, DescriptionRecord] = {}
     failed: dict[str, FailedRecord] = {}
     bad = 0
-    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+    for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         rec = _parse_line(line, f"{path}:{lineno}")

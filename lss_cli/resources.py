@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from lss_cli.errors import ConfigError
+import yaml
+
+from lss_cli.errors import ConfigError, InputFileError
 
 
 def prompts_dir() -> Path:
@@ -26,6 +30,31 @@ def prompt_path(name_or_path: str | Path) -> Path:
     close = difflib.get_close_matches(stem, names, n=3)
     raise ConfigError(f"prompt file {str(name_or_path)!r} not found (not a path, not a shipped prompt)",
                       hint=(f"did you mean {', '.join(close)}? " if close else "") + f"shipped: {', '.join(names) or 'none'}")
+
+
+def load_prompt_yaml(name_or_path: str | Path, *, what: str = "prompt file", keys: Sequence[str] | None = None,
+                     required: Sequence[str] = (), hint: str | None = None) -> tuple[dict[str, Any], Path, bytes]:
+    """A prompt/template YAML (found by `prompt_path`) read once -> (its top-level mapping, the
+    resolved path, the file's bytes for hashing).
+
+    Checks that it parses and is a mapping; with `keys`, that it holds no other keys; that each of
+    `required` has a non-empty value. Errors name the file as `what` and carry `hint`."""
+    path = prompt_path(name_or_path)
+    raw = path.read_bytes()
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise InputFileError(f"{what} {path} is not valid YAML: {e}", hint=hint) from None
+    if not isinstance(data, dict):
+        raise InputFileError(f"{what} {path}: expected a mapping" + (f" with {', '.join(keys)}" if keys else ""),
+                             hint=hint)
+    unknown = sorted(set(map(str, data)) - set(keys)) if keys is not None else []
+    missing = [k for k in required if not data.get(k)]
+    if unknown or missing:
+        raise InputFileError(f"{what} {path}: " + "; ".join(
+            ([f"unknown keys {', '.join(unknown)}"] if unknown else [])
+            + ([f"missing {', '.join(missing)}"] if missing else [])), hint=hint)
+    return data, path, raw
 
 
 def example_path(name: str) -> Path:

@@ -274,6 +274,34 @@ def test_build_concepts_counts_truncated_descriptions(tmp_path):
         build_concepts(cfg)
 
 
+
+def test_build_concepts_tokenises_each_text_once_for_the_check_and_the_encoding(tmp_path, tiny_clip, monkeypatch):
+    """The truncation check's tokens are the ones encoded: each text is tokenised at the context
+    length once (plus once at ctx + 1 for the check), and the bank is what plain encoding gives."""
+    import dataclasses
+
+    import lss_cli.models.clip as clip_mod
+
+    counts = {"ctx": 0, "ctx+1": 0}
+
+    class CountingTokenizer:
+        context_length = tiny_clip.tokenizer.context_length
+
+        def __call__(self, texts, context_length=None):
+            counts["ctx" if context_length in (None, self.context_length) else "ctx+1"] += len(texts)
+            return tiny_clip.tokenizer(texts) if context_length is None else tiny_clip.tokenizer(texts, context_length)
+
+    monkeypatch.setattr(clip_mod, "load_clip", lambda *a, **k: dataclasses.replace(tiny_clip, tokenizer=CountingTokenizer()))
+    labels = _labels(tmp_path, ["waving", "jumping"])
+    desc = _write(tmp_path, "d.jsonl", {"waving": ["a hand moves", "an arm swings"], "jumping": ["feet leave the ground"]})
+    cfg = _tiny_cfg(tmp_path, labels=labels, descriptions=desc)
+    build_concepts(cfg)
+    n_texts = 2 * len(load_templates("action_templates_v1").templates) + 3
+    assert counts == {"ctx": n_texts, "ctx+1": n_texts}
+    bank = load_concept_bank(cfg.out)
+    plain = encode_inputs(tiny_clip, gather_inputs(cfg), batch_size=cfg.batch_size)
+    assert torch.equal(bank.category, plain.category) and torch.equal(bank.description, plain.description)
+
 # --------------------------------------------------------------------------------------------
 # The CLI, end to end
 # --------------------------------------------------------------------------------------------

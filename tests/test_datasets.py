@@ -178,6 +178,21 @@ def test_kinetics600_zeroshot(tmp_path):
         load_dataset("kinetics600-zs", tmp_path, 1)
 
 
+def test_load_list_kinetics_csv_parsed_once(tmp_path, monkeypatch):
+    """`load_list` takes the class names and the videos from ONE parse of the CSV."""
+    import lss_cli.data.datasets as ds
+
+    csv = tmp_path / "any.csv"
+    csv.write_text(K_HEADER + "zumba,aaa,1,11,val,0\nabseiling,bbb,2,12,val,0\n")
+    calls = []
+    real = ds.read_kinetics_csv
+    monkeypatch.setattr(ds, "read_kinetics_csv", lambda path: calls.append(path) or real(path))
+    videos = ds.load_list(csv, tmp_path)
+    assert videos.classes == ("abseiling", "zumba") and videos.labels.tolist() == [1, 0]
+    assert videos.relpath(0) == "val/aaa_000001_000011.mp4"
+    assert len(calls) == 1
+
+
 # ---- generic lists, folder, synthetic -------------------------------------------------------
 
 

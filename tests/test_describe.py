@@ -152,6 +152,27 @@ def test_bad_prompt_files_are_rejected(tmp_path):
         load_prompt(str(bad))
 
 
+
+def test_prompt_and_template_files_share_the_yaml_checks(tmp_path):
+    """`load_prompt` and `load_templates` read their YAML through one helper: the same checks,
+    each error naming the kind of file and the fix."""
+    from lss_cli.concepts import load_templates
+
+    bad = tmp_path / "p.yaml"
+    for load, what, keys_hint in ((load_prompt, "prompt file", "prompts/describe_actions_v1.yaml"),
+                                  (load_templates, "template file", "`templates:`")):
+        bad.write_text("name: [unclosed\n")
+        with pytest.raises(InputFileError, match=f"{what} .*p.yaml is not valid YAML") as e:
+            load(str(bad))
+        assert keys_hint in e.value.hint
+        bad.write_text("- just\n- a list\n")
+        with pytest.raises(InputFileError, match=f"{what} .*p.yaml: expected a mapping") as e:
+            load(str(bad))
+        assert keys_hint in e.value.hint
+    bad.write_text("name: x\nversion: 1\n")
+    with pytest.raises(InputFileError, match="prompt file .*p.yaml: missing user"):
+        load_prompt(str(bad))
+
 def test_backoff_is_exponential_jittered_and_capped():
     for retry, d in ((0, 0.5), (1, 1.0), (3, 4.0), (10, 8.0)):
         delays = [backoff_delay(retry, 0.5, 8.0) for _ in range(50)]
@@ -238,6 +259,38 @@ def test_resume_skips_done_classes_and_overwrite_keeps_a_backup(tmp_path):
     assert (tmp_path / "d.jsonl.bak").read_text() == before
     assert len(read_records(tmp_path / "d.jsonl")[0]) == 3
 
+
+
+def test_a_resumed_run_checks_inputs_once_and_reads_its_output_once(tmp_path, monkeypatch):
+    """Label set and prompt loaded once, the existing output read once (under the lock), and a
+    torn last line is still removed and its class redone."""
+    import lss_cli.describe as describe_mod
+
+    names = ["a", "b", "c"]
+    out = tmp_path / "d.jsonl"
+    with FakeLLM(per_class=3) as server:
+        run_describe(fast_cfg(tmp_path, names, server, limit=2), env=KEY_ENV)
+        with open(out, "a") as f:
+            f.write('{"category": "c", "descr')  # a torn write
+        calls = {"labels": 0, "prompt": 0, "out read": 0}
+
+        def counting(key, fn):
+            def wrapped(*a, **k):
+                calls[key] += 1
+                return fn(*a, **k)
+            return wrapped
+
+        monkeypatch.setattr(describe_mod, "load_label_set", counting("labels", describe_mod.load_label_set))
+        monkeypatch.setattr(describe_mod, "load_prompt", counting("prompt", describe_mod.load_prompt))
+        for method in ("read_bytes", "read_text"):
+            real = getattr(Path, method)
+            monkeypatch.setattr(Path, method, lambda self, *a, _real=real, **k: (
+                calls.__setitem__("out read", calls["out read"] + (self == out)), _real(self, *a, **k))[1])
+        s = run_describe(fast_cfg(tmp_path, names, server), env=KEY_ENV)
+    assert (s.done, s.skipped, s.calls) == (1, 2, 1) and sorted(server.categories()) == names
+    assert calls == {"labels": 1, "prompt": 1, "out read": 1}
+    records, bad = read_records(out)
+    assert bad == 0 and sorted(r.category for r in records) == names
 
 # --------------------------------------------------------------------------------------------
 # The real CLI, in a subprocess

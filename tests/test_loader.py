@@ -22,7 +22,7 @@ from lss_cli.data.loader import (
     make_train_views,
 )
 from lss_cli.data.sampling import segment_indices
-from lss_cli.data.video_io import VideoReadError, decode_all, encode_video, read_union, read_views
+from lss_cli.data.video_io import VideoReadError, decode_all, encode_video, read_union
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # CLIP's
 SMALL = ViewsConfig(global_views=2, global_frames=4, global_size=32, local_views=3, local_frames=[4],
@@ -146,12 +146,13 @@ def test_approximate_mode_falls_back_to_exact_on_a_lying_header(tmp_path):
         seen.append(n)
         return [torch.tensor([0, n - 1])]
 
-    out = read_views(cut, pick, seek_mode="approximate", timeout=10)
-    assert seen[0] == 40 and 1 <= seen[-1] < 40 and out[0].shape[0] == 2
+    frames, positions = read_union(cut, pick, seek_mode="approximate", timeout=10)
+    assert seen[0] == 40 and 1 <= seen[-1] < 40 and frames[positions[0]].shape[0] == 2
     # Evaluation is strict: the same file is reported as truncated instead of scored on what is left.
     with pytest.raises(VideoReadError, match="truncated: the header lists 40 frames"):
-        read_views(cut, pick, seek_mode="exact", timeout=10, strict=True)
-    assert read_views(full, pick, seek_mode="exact", timeout=10, strict=True)[0].shape[0] == 2
+        read_union(cut, pick, seek_mode="exact", timeout=10, strict=True)
+    frames, positions = read_union(full, pick, seek_mode="exact", timeout=10, strict=True)
+    assert frames[positions[0]].shape[0] == 2
 
 
 # ---- on-device augmentation -----------------------------------------------------------------
@@ -312,3 +313,47 @@ def test_crop_of_the_union_equals_crop_of_each_view_decoded_alone(synth_dataset)
         box = random_resized_crop_box(64, 64, (0.1, 0.5), generator=g)
         alone = decode_at(open_video(path), view.tolist())
         assert torch.equal(crop_resize(frames, box, 24, rows), crop_resize(alone, box, 24))
+
+
+@pytest.mark.parametrize("height,width,num_clips", [(36, 52, 2), (52, 36, 3)])  # landscape / portrait
+def test_eval_views_resize_each_distinct_frame_once_and_match_a_plain_reference(tmp_path, monkeypatch, height,
+                                                                                 width, num_clips):
+    """A 5-frame video asked for 8 frames per clip repeats frames within a clip and shares them
+    between clips. The worker resizes each distinct frame once; the views must be bit-identical to
+    the plain recipe: take each clip's frames, resize each frame (short side, bicubic, antialias),
+    cut the three crops along the long side."""
+    import torch.nn.functional as F
+
+    import lss_cli.data.loader as loader_mod
+    from lss_cli.data.sampling import eval_clip_indices
+
+    g = torch.Generator().manual_seed(1)
+    frames = torch.randint(0, 255, (5, 3, height, width), dtype=torch.uint8, generator=g)
+    encode_video(frames, tmp_path / "short.mp4", fps=10)
+    decoded = decode_all(tmp_path / "short.mp4")  # [5, 3, H, W] what the file holds
+    T, S = 8, 24
+    indices = eval_clip_indices(5, T, num_clips)  # [K, T]
+    resized_counts = []
+    real_resize = loader_mod.resize_short_side
+    monkeypatch.setattr(loader_mod, "resize_short_side",
+                        lambda x, size: resized_counts.append(len(x)) or real_resize(x, size))
+    videos = VideoList(tmp_path, ["short.mp4"], [0], ["x"])
+    batch = next(iter(build_eval_loader(videos, num_frames=T, num_clips=num_clips, num_crops=3, image_size=S,
+                                        batch_size=1, num_workers=0)))
+    assert batch["ok"].tolist() == [True]
+    assert resized_counts == [len(torch.unique(indices))] and len(torch.unique(indices)) < indices.numel()
+
+    short, long = min(height, width), max(height, width)
+    long_out = int(S * long / short)
+    out_hw = (S, long_out) if height <= width else (long_out, S)
+    starts = (0, int(round((long_out - S) / 2.0)), long_out - S)  # start, centre, end of the long side
+    expected = []
+    for k in range(num_clips):
+        clip = torch.stack([F.interpolate(decoded[f][None], size=out_hw, mode="bicubic", antialias=True,
+                                          align_corners=False)[0]
+                            for f in indices[k].tolist()])  # [T, 3, H', W'], one frame at a time
+        for a in starts:
+            expected.append(clip[:, :, :, a:a + S] if height <= width else clip[:, :, a:a + S, :])
+    expected = torch.stack(expected)  # [K * 3, T, 3, S, S], view k * 3 + c
+    assert batch["frames"].shape == (1, num_clips * 3, T, 3, S, S)
+    assert torch.equal(batch["frames"][0], expected)

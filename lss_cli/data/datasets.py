@@ -460,12 +460,15 @@ def _load_kinetics(name: str, root, split: Split, list_file) -> VideoList:
     _, part = parse_split(split)
     csv_path = _kinetics_csv_path(root, part, list_file)
     labels = load_label_set(name)
-    return _kinetics_videos(root, csv_path, part, labels.names, f"{name} {part} ({csv_path})", keep_unknown=False)
+    return _kinetics_videos(root, csv_path, read_kinetics_csv(csv_path), part, labels.names,
+                            f"{name} {part} ({csv_path})", keep_unknown=False)
 
 
-def _kinetics_videos(root: Path, csv_path: Path, part: str, classes: Sequence[str], source: str,
-                     keep_unknown: bool) -> VideoList:
-    rows = [(lineno, lab, f, s or part) for lineno, lab, f, s in read_kinetics_csv(csv_path)]
+def _kinetics_videos(root: Path, csv_path: Path, csv_rows: list[tuple[int, str | None, str, str]], part: str,
+                     classes: Sequence[str], source: str, keep_unknown: bool) -> VideoList:
+    """`csv_rows` = `read_kinetics_csv(csv_path)`, passed in so that callers which also need the
+    label names parse the file once."""
+    rows = [(lineno, lab, f, s or part) for lineno, lab, f, s in csv_rows]
     index = {n: i for i, n in enumerate(classes)}
     layout = _kinetics_layout(root, rows)
     paths, ids = [], []
@@ -486,8 +489,9 @@ def load_list(list_file: str | Path, root: str | Path) -> VideoList:
     `root`, if any) or a Kinetics CSV (classes = its label names, sorted)."""
     list_file, root = Path(list_file), Path(root)
     if list_file.suffix.lower() == ".csv" and list_file.is_file() and _is_kinetics_csv(list_file):
-        names = sorted({lab for _, lab, _, _ in read_kinetics_csv(list_file) if lab is not None})
-        return _kinetics_videos(root, list_file, "", names, f"Kinetics CSV {list_file}", keep_unknown=False)
+        rows = read_kinetics_csv(list_file)
+        names = sorted({lab for _, lab, _, _ in rows if lab is not None})
+        return _kinetics_videos(root, list_file, rows, "", names, f"Kinetics CSV {list_file}", keep_unknown=False)
     return _load_list(root, "", list_file, None)
 
 
@@ -502,8 +506,8 @@ def _load_k600_zeroshot(root, split: Split, list_file) -> VideoList:
     classes = load_label_set(f"kinetics600-zs{num}").names
     list_file = Path(list_file)
     if list_file.suffix.lower() == ".csv" and list_file.is_file() and _is_kinetics_csv(list_file):
-        return _kinetics_videos(Path(root), list_file, "val", classes, f"kinetics600-zs split {num} ({list_file})",
-                                keep_unknown=True)
+        return _kinetics_videos(Path(root), list_file, read_kinetics_csv(list_file), "val", classes,
+                                f"kinetics600-zs split {num} ({list_file})", keep_unknown=True)
     paths, labels = read_list(list_file, classes)
     return VideoList(root, paths, labels, classes, f"kinetics600-zs split {num} ({list_file})")
 

@@ -59,7 +59,7 @@ from lss_cli.data.sampling import (
     multiview_indices,
     random_resized_crop_box,
 )
-from lss_cli.data.video_io import VideoReadError, read_union, read_views
+from lss_cli.data.video_io import VideoReadError, read_union
 from lss_cli.errors import ConfigError, LssError
 from lss_cli.runtime.seeding import sample_seed
 
@@ -255,7 +255,7 @@ def build_train_loader(data_cfg: DataConfig, views_cfg: ViewsConfig, *, seed: in
 class EvalClips(Dataset):
     """Test views of each video, or an explicit unreadable marker."""
 
-    reader = staticmethod(read_views)  # (path, pick, *, seek_mode, timeout) -> frames per view
+    reader = staticmethod(read_union)  # (path, pick, *, seek_mode, timeout, strict) -> (frames, positions); benchmarks swap it
 
     def __init__(self, videos: VideoList, num_frames: int, num_clips: int, num_crops: int, image_size: int,
                  seek_mode: str, decode_timeout: float | None):
@@ -276,14 +276,20 @@ class EvalClips(Dataset):
         return item
 
     def _read(self, index: int) -> torch.Tensor:
-        """uint8 `[num_clips * num_crops, T, 3, S, S]`."""
-        clips = self.reader(self.videos.path(index),
-                            lambda n: list(eval_clip_indices(n, self.num_frames, self.num_clips)),
-                            seek_mode=self.seek_mode, timeout=self.timeout, strict=True)
-        frames = resize_short_side(torch.cat(clips), self.size)  # [K * T, 3, S', L']
-        crops = spatial_crops(frames, self.size, self.num_crops)  # num_crops x [K * T, 3, S, S]
-        views = torch.stack(crops, 1).view(self.num_clips, self.num_frames, self.num_crops, 3, self.size, self.size)
-        return views.transpose(1, 2).reshape(-1, self.num_frames, 3, self.size, self.size)
+        """uint8 `[num_clips * num_crops, T, 3, S, S]`, view `k * num_crops + c` = clip k, crop c.
+
+        Each distinct frame is resized once: clips may share frames, and a video shorter than
+        `num_frames` repeats frames within a clip. The resize is per frame, so the result is the
+        same as resizing every clip's frames on their own."""
+        frames, positions = self.reader(self.videos.path(index),
+                                        lambda n: list(eval_clip_indices(n, self.num_frames, self.num_clips)),
+                                        seek_mode=self.seek_mode, timeout=self.timeout, strict=True)
+        frames = resize_short_side(frames, self.size)  # distinct frames [U, 3, S', L']
+        crops = torch.stack(spatial_crops(frames, self.size, self.num_crops))  # [C, U, 3, S, S]
+        # Row of (clip k, crop c, frame t) in crops.flatten(0, 1): c * U + position; one gather
+        # writes the views in their final order.
+        rows = torch.stack(positions)[:, None, :] + len(frames) * torch.arange(self.num_crops)[None, :, None]  # [K, C, T]
+        return crops.flatten(0, 1)[rows.flatten()].view(-1, self.num_frames, 3, self.size, self.size)  # [K * C, T, 3, S, S]
 
 
 def collate_eval(items: list[dict]) -> dict:

@@ -155,13 +155,6 @@ def read_union(path: str | Path, pick: Callable[[int], list[torch.Tensor]], *, s
     return call_with_timeout(run, timeout)
 
 
-def read_views(path: str | Path, pick: Callable[[int], list[torch.Tensor]], *, seek_mode: str = "exact",
-               timeout: float | None = None, device: str = "cpu", strict: bool = False) -> list[torch.Tensor]:
-    """`read_union`, split back into uint8 frames `[T_v, 3, H, W]` per view."""
-    frames, positions = read_union(path, pick, seek_mode=seek_mode, timeout=timeout, device=device, strict=strict)
-    return [frames[pos] for pos in positions]
-
-
 def check_video(path: str | Path, timeout: float | None = 60.0) -> str | None:
     """None if the file opens and its first and last frames decode, else the reason.
 
