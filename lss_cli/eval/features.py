@@ -37,12 +37,13 @@ from safetensors.torch import save_file
 from lss_cli.runtime.progress import make_progress
 
 CACHE_VERSION = 1  # bump when the feature computation changes
-# Checkpoint interval while a list is encoded. Each checkpoint rewrites the whole file (20,000
-# entries x 3 views x 512 floats, 123 MB, take ~0.5 s to save on a 2-core CPU box, see
-# benchmarks/cache_save.py), against ~60 s of decoding and encoding between saves (~300 videos on
-# one GPU): < 1% of the run, and an interruption loses at most a minute of work. A larger cache
-# on a slower disk cannot push that share up: the next save waits SAVE_COST_FACTOR x the last
-# save's duration if that is longer.
+# Checkpoint interval while a list is encoded. Each checkpoint rewrites the whole file: 20,000
+# entries x 3 views x 512 floats (124 MB) take ~0.5 s to save on a 2-core CPU box
+# (benchmarks/cache_save.py), against ~60 s of decoding and encoding between saves (~300 videos
+# on one GPU): < 1% of the run, and an interruption loses at most a minute of work. A larger
+# cache on a slower disk cannot push that share up: the next save waits SAVE_COST_FACTOR x the
+# last save's duration when that is longer (<= 5%). A video-count trigger would add nothing: time
+# is what an interruption loses, and on a fast machine it would only make saves more frequent.
 SAVE_EVERY_S = 60.0
 SAVE_COST_FACTOR = 20.0
 
