@@ -54,6 +54,13 @@ def test_eval_forward_benchmark_tiny(tmp_path):
     assert result["flops_per_batch"] > result["baseline_flops_per_batch"] > 0
 
 
+def test_cache_save_benchmark_small(tmp_path):
+    result = _run("cache_save.py", "--videos", "50", "--repeats", "1", tmp_path=tmp_path)
+    (row,) = result["rows"]
+    assert row["videos"] == 50 and row["file_mb"] >= 0.3  # 50 x 3 x 512 float32 = 0.31 MB
+    assert row["save_s"] > 0 and row["load_s"] > 0
+
+
 # ---- FLOP counting -----------------------------------------------------------------------------
 
 

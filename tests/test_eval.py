@@ -362,3 +362,4 @@ def test_torchrun_eval_shards_and_reports_once(zs, tmp_path):
                              load_dataset("list", zs["root"], "test", tmp_path / "five.txt"), Views(num_frames=2),
                              cache_dir=tmp_path / "cache", num_workers=0)
     assert cache.decoded == 0  # the gathered features were all cached by rank 0: none duplicated or lost
+    assert not list((tmp_path / "cache").glob("*.partial.*"))  # the ranks' partial files were merged and removed

@@ -6,6 +6,14 @@ of its weights), the feature kind, and the views (frames, clips, crops, input si
 per video, not per list, so UCF101's three splits (permutations of the same 13,320 videos) decode
 each video once, and a rerun decodes nothing. An entry is dropped when its file's size or mtime
 changes. Unreadable videos are cached as such (with the reason), so they stay reported.
+
+Extraction is resumable: while a list is encoded, the finished videos are checkpointed every
+`SAVE_EVERY_S` seconds, and again when the run is interrupted (Ctrl-C, SIGTERM, a crash), so a
+rerun encodes only the rest. A video enters the cache only once its features are fully computed.
+Under torch.distributed each rank checkpoints its own shard to its own partial file (ranks never
+write one file together, and a save needs no collective, so a rank can save while others are
+gone); the cache folds every partial file of its key in at load, whatever world size wrote them,
+and rank 0 merges them into the main file at the start and the end of each extraction.
 """
 
 from __future__ import annotations
@@ -13,6 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +37,17 @@ from safetensors.torch import save_file
 from lss_cli.runtime.progress import make_progress
 
 CACHE_VERSION = 1  # bump when the feature computation changes
+# Checkpoint interval while a list is encoded. Each checkpoint rewrites the whole file: 20,000
+# entries x 3 views x 512 floats (124 MB) take ~0.5 s to save on a 2-core CPU box
+# (benchmarks/cache_save.py), against ~60 s of decoding and encoding between saves (~300 videos
+# on one GPU): < 1% of the run, and an interruption loses at most a minute of work. A larger
+# cache on a slower disk cannot push that share up: the next save waits SAVE_COST_FACTOR x the
+# last save's duration when that is longer (<= 5%). A video-count trigger would add nothing: time
+# is what an interruption loses, and on a fast machine it would only make saves more frequent.
+SAVE_EVERY_S = 60.0
+SAVE_COST_FACTOR = 20.0
+
+Row = tuple[torch.Tensor, bool, str]  # one video: ([V, D] cpu float32, ok, error)
 
 
 @dataclass(frozen=True)
@@ -55,20 +79,28 @@ def _file_stamp(path: str) -> str:
 
 class FeatureCache:
     """One safetensors file per (model, kind, views, input size): feats [n, V, D], ok [n], and in
-    the metadata the paths, file stamps and errors. Rewritten atomically on every update."""
+    the metadata the paths, file stamps and errors. Rewritten atomically on every save.
+
+    Beside it, `features-<digest>.rank<r>.partial.safetensors` (same format) hold what rank r of
+    an interrupted torch.distributed run had finished; they are folded in at load (`partials`
+    lists them) until `merge_partials` writes them into the main file."""
 
     def __init__(self, cache_dir: str | Path, key: dict[str, Any]):
         digest = hashlib.sha256(json.dumps({**key, "v": CACHE_VERSION}, sort_keys=True).encode()).hexdigest()[:24]
         self.path = Path(cache_dir) / f"features-{digest}.safetensors"
         self.key = key
         self.entries: dict[str, tuple[str, torch.Tensor, bool, str]] = {}  # path -> (stamp, [V, D], ok, error)
+        self.fresh: set[str] = set()  # paths added since load: what this process computed
         if self.path.is_file():
-            self._read()
+            self._read(self.path)
+        self.partials = sorted(self.path.parent.glob(f"{self.path.stem}.rank*.partial.safetensors"))
+        for partial in self.partials:  # newer than the main file: they win
+            self._read(partial)
 
-    def _read(self) -> None:
-        """Load the entries; a damaged cache file is ignored (and replaced on save), never fatal."""
+    def _read(self, path: Path) -> None:
+        """Load the entries; a damaged file is ignored (and replaced on save), never fatal."""
         try:
-            with safe_open(str(self.path), framework="pt") as f:
+            with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 feats, ok = f.get_tensor("feats"), f.get_tensor("ok")  # [n, V, D], [n]
             rows = json.loads(meta["rows"])
@@ -77,12 +109,12 @@ class FeatureCache:
         except Exception as e:  # noqa: BLE001 - any damage means: recompute
             from lss_cli.runtime.progress import warn
 
-            warn(f"ignoring the unreadable feature cache {self.path} ({type(e).__name__}: {e}); it will be rebuilt")
+            warn(f"ignoring the unreadable feature cache {path} ({type(e).__name__}: {e}); it will be rebuilt")
             return
-        for i, (path, stamp, error) in enumerate(rows):
-            self.entries[path] = (stamp, feats[i], bool(ok[i]), error)
+        for i, (video, stamp, error) in enumerate(rows):
+            self.entries[video] = (stamp, feats[i], bool(ok[i]), error)
 
-    def lookup(self, path: str) -> tuple[torch.Tensor, bool, str] | None:
+    def lookup(self, path: str) -> Row | None:
         hit = self.entries.get(path)
         if hit is None or hit[0] != _file_stamp(path):
             return None
@@ -92,23 +124,98 @@ class FeatureCache:
         if not ok and "did not finish within" in error:
             return  # a decode timeout may be transient (a slow mount): try that file again next time
         self.entries[path] = (_file_stamp(path), feat, ok, error)
+        self.fresh.add(path)
 
     def save(self) -> None:
-        if not self.entries:
+        """Write every entry to the main file."""
+        self._write(self.path, list(self.entries))
+
+    def partial_path(self, rank: int) -> Path:
+        return self.path.with_name(f"{self.path.stem}.rank{rank}.partial.safetensors")
+
+    def save_partial(self, rank: int) -> None:
+        """Write what this process computed to rank `rank`'s partial file (no other rank writes it)."""
+        self._write(self.partial_path(rank), sorted(self.fresh))
+
+    def merge_partials(self) -> None:
+        """Main file := everything loaded and added; then the partial files go (rank 0 only, when
+        no other rank writes: their entries are in the main file by then)."""
+        self.save()
+        for partial in self.path.parent.glob(f"{self.path.stem}.rank*.partial.safetensors"):
+            partial.unlink(missing_ok=True)
+        self.partials = []
+
+    def _write(self, path: Path, videos: list[str]) -> None:
+        """Atomically: a reader sees the old file or the new one, never a part of it."""
+        if not videos:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        paths = list(self.entries)
-        feats = torch.stack([self.entries[p][1] for p in paths]).contiguous()
-        ok = torch.tensor([self.entries[p][2] for p in paths])
-        rows = [[p, self.entries[p][0], self.entries[p][3]] for p in paths]
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        save_file({"feats": feats, "ok": ok}, str(tmp), metadata={"rows": json.dumps(rows), "key": json.dumps(self.key)})
-        os.replace(tmp, self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        feats = torch.stack([self.entries[p][1] for p in videos]).contiguous()  # [n, V, D]
+        ok = torch.tensor([self.entries[p][2] for p in videos])
+        rows = [[p, self.entries[p][0], self.entries[p][3]] for p in videos]
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            save_file({"feats": feats, "ok": ok}, str(tmp), metadata={"rows": json.dumps(rows), "key": json.dumps(self.key)})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # only left when the write failed or was interrupted
+
+
+class _Checkpointer:
+    """Calls `save` every SAVE_EVERY_S seconds (or SAVE_COST_FACTOR x its last duration, if
+    longer) while videos are being added, and on `flush`."""
+
+    def __init__(self, save: Callable[[], None] | None):
+        self.save = save
+        self.pending = 0  # videos added since the last save
+        self.due = time.monotonic() + SAVE_EVERY_S
+
+    def added(self, n: int) -> None:
+        self.pending += n
+        if time.monotonic() >= self.due:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.save is None or self.pending == 0:
+            return
+        tic = time.monotonic()
+        self.save()
+        self.pending = 0
+        self.due = time.monotonic() + max(SAVE_EVERY_S, SAVE_COST_FACTOR * (time.monotonic() - tic))
+
+    def flush_on_error(self) -> None:
+        """The last save before an exception propagates: a failing save must not replace that
+        exception (a second Ctrl-C during it only loses what it was saving)."""
+        try:
+            self.flush()
+        except Exception as e:  # noqa: BLE001 - reported, then the original exception goes on
+            from lss_cli.runtime.progress import warn
+
+            warn(f"could not save the feature cache on the way out ({type(e).__name__}: {e})")
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, torchrun shutting its workers down) raises KeyboardInterrupt,
+    so it takes the Ctrl-C path: the finished features are saved, the CLI exits 130. Only the
+    main thread can install handlers; elsewhere SIGTERM keeps its handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _encode_batches(model, videos, views: Views, kind: str, *, batch_size: int, num_workers: int,
-                    device: torch.device, desc: str) -> dict[int, tuple[torch.Tensor, bool, str]]:
-    """Decode and encode `videos`; returns index -> ([V, D] cpu float32, ok, error)."""
+                    device: torch.device, desc: str) -> Iterator[list[tuple[int, Row]]]:
+    """Decode and encode this rank's shard of `videos`; yields each batch as (index, row) pairs."""
     from lss_cli.data.loader import build_eval_loader, make_eval_views
 
     rank, world = _rank_world()
@@ -118,7 +225,6 @@ def _encode_batches(model, videos, views: Views, kind: str, *, batch_size: int, 
                                num_workers=min(num_workers, os.cpu_count() or 1), rank=rank,
                                world_size=world)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    out: dict[int, tuple[torch.Tensor, bool, str]] = {}
     with make_progress(rank) as bar, torch.inference_mode(), autocast:
         task = bar.add_task(desc, total=len(loader.sampler))
         for batch in loader:
@@ -126,14 +232,15 @@ def _encode_batches(model, videos, views: Views, kind: str, *, batch_size: int, 
             B, V = x.shape[:2]
             z = model.encoder.encode(x.flatten(0, 1), proj=kind == "proj", normalize=kind == "proj")  # [B*V, D]
             z = z.float().view(B, V, -1).cpu()
+            rows = []
             for j in range(B):
                 ok = bool(batch["ok"][j])
-                out[int(batch["index"][j])] = (z[j] if ok else torch.zeros_like(z[j]), ok, batch["error"][j])
+                rows.append((int(batch["index"][j]), (z[j] if ok else torch.zeros_like(z[j]), ok, batch["error"][j])))
+            yield rows
             bar.advance(task, B)
-    return out
 
 
-def _gather(local: dict[int, tuple[torch.Tensor, bool, str]]) -> dict[int, tuple[torch.Tensor, bool, str]]:
+def _gather(local: dict[int, Row]) -> dict[int, Row]:
     """Union of every rank's results (eval shards are disjoint). No-op in a single process."""
     import torch.distributed as tdist
 
@@ -141,10 +248,41 @@ def _gather(local: dict[int, tuple[torch.Tensor, bool, str]]) -> dict[int, tuple
         return local
     parts: list[Any] = [None] * tdist.get_world_size()
     tdist.all_gather_object(parts, local)
-    merged: dict[int, tuple[torch.Tensor, bool, str]] = {}
+    merged: dict[int, Row] = {}
     for part in parts:
         merged.update(part)
     return merged
+
+
+def _encode_missing(model, videos, keys: list[str], cache: FeatureCache | None, views: Views, kind: str,
+                    **loader_kw: Any) -> dict[int, Row]:
+    """Encode `videos` (keys[j] = cache key of videos[j]) over all ranks; returns j -> row.
+
+    Each finished video enters the cache at once and is checkpointed on the way; on any exception
+    (Ctrl-C, SIGTERM, a crash) the finished ones are saved before it propagates."""
+    rank, world = _rank_world()
+    save = None if cache is None else cache.save if world == 1 else lambda: cache.save_partial(rank)
+    checkpoint = _Checkpointer(save)
+    local: dict[int, Row] = {}
+    with _sigterm_as_interrupt(), closing(_encode_batches(model, videos, views, kind, **loader_kw)) as batches:
+        try:
+            for batch in batches:
+                for j, row in batch:
+                    local[j] = row
+                    if cache is not None:
+                        cache.add(keys[j], *row)
+                checkpoint.added(len(batch))
+            if world > 1:
+                checkpoint.flush()  # this shard is safe even if the gather never returns
+        except BaseException:
+            checkpoint.flush_on_error()
+            if cache is not None and local and rank == 0:
+                from lss_cli.runtime.progress import log
+
+                log(f"stopped: the features of the {len(local)} video(s) finished{' on rank 0' if world > 1 else ''} "
+                    f"are in the cache ({cache.path.parent}); a rerun encodes only the rest")
+            raise
+    return _gather(local)
 
 
 def extract_features(model, videos, views: Views, *, kind: str = "proj", cache_dir: str | Path | None = None,
@@ -153,14 +291,10 @@ def extract_features(model, videos, views: Views, *, kind: str = "proj", cache_d
     """Features of every video in `videos` (a VideoList), [N, V, D], from the cache where possible.
 
     `model` is a `lss_cli.models.export.VideoModel`. Unreadable videos get ok=False and their reason;
-    none is dropped.
+    none is dropped. Interrupted, it leaves the videos it finished in the cache (module docstring).
     """
-    device = torch.device(device)
-    cache = None
-    if cache_dir is not None:
-        cache = FeatureCache(cache_dir, {"model": model.model_id, "kind": kind, "views": views.__dict__,
-                                         "image_size": model.clip.image_size})
-    rows: dict[int, tuple[torch.Tensor, bool, str]] = {}
+    cache = _open_cache(cache_dir, model, kind, views)
+    rows: dict[int, Row] = {}
     missing = []
     for i in range(len(videos)):
         hit = cache.lookup(_key(videos.path(i))) if cache is not None else None
@@ -170,19 +304,33 @@ def extract_features(model, videos, views: Views, *, kind: str = "proj", cache_d
             rows[i] = hit
     if missing:
         sub = videos.subset(missing) if len(missing) < len(videos) else videos
-        got = _gather(_encode_batches(model, sub, views, kind, batch_size=batch_size, num_workers=num_workers,
-                                      device=device, desc=desc))
+        got = _encode_missing(model, sub, [_key(videos.path(i)) for i in missing], cache, views, kind,
+                              batch_size=batch_size, num_workers=num_workers, device=torch.device(device), desc=desc)
         for j, i in enumerate(missing):
             rows[i] = got[j]
             if cache is not None:
-                cache.add(_key(videos.path(i)), *got[j])
+                cache.add(_key(videos.path(i)), *got[j])  # the other ranks' videos (rank 0 saves them)
         if cache is not None and _is_main():
-            cache.save()
+            cache.merge_partials()
         _barrier()  # every rank then reads the same cache file, so all agree on what is missing
     feats = torch.stack([rows[i][0] for i in range(len(videos))])
     ok = torch.tensor([rows[i][1] for i in range(len(videos))], dtype=torch.bool)
     errors = {i: rows[i][2] for i in range(len(videos)) if not rows[i][1]}
     return Features(feats, ok, errors, decoded=len(missing))
+
+
+def _open_cache(cache_dir: str | Path | None, model, kind: str, views: Views) -> FeatureCache | None:
+    """The cache of this model, kind and views, with any partial files of an interrupted run
+    merged into the main file first, so a rank's partial file only ever holds this run's work."""
+    if cache_dir is None:
+        return None
+    cache = FeatureCache(cache_dir, {"model": model.model_id, "kind": kind, "views": views.__dict__,
+                                     "image_size": model.clip.image_size})
+    _barrier()  # every rank has read the partial files before rank 0 removes them
+    if cache.partials and _is_main():
+        cache.merge_partials()
+    _barrier()  # ... and they are gone before any rank writes its own
+    return cache
 
 
 def _key(path: str) -> str:
