@@ -55,3 +55,22 @@ def test_rejects_more_clips_than_the_batch_and_unknown_kinds(encoder):
         EvalForward(encoder, "proj", batch=2)(_video(3))
     with pytest.raises(ValueError, match="feature kind"):
         EvalForward(encoder, "logits", batch=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_features_reach_the_host_without_a_sync_until_read():
+    from lss_cli.eval.features import _rows, _to_host
+
+    z = torch.randn(3, 2, 8, device="cuda")  # [B, V, D]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        host, done = _to_host(z)  # queued copy into pinned memory: no sync
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert host.is_pinned()
+    batch = {"index": torch.tensor([4, 5, 6]), "ok": torch.tensor([True, False, True]), "error": ["", "bad", ""]}
+    rows = dict(_rows(batch, host, done))
+    torch.testing.assert_close(rows[4][0], z[0].cpu())
+    assert not rows[5][1] and rows[5][2] == "bad" and not rows[5][0].any()

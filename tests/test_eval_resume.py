@@ -108,7 +108,9 @@ def test_stopped_run_keeps_exactly_the_finished_videos_and_resumes(zs_model, eig
 
 
 def test_cache_is_checkpointed_during_the_run(zs_model, eight, tmp_path, monkeypatch):
-    # A zero interval: a checkpoint after every batch. At the 3rd forward, batches 1-2 are on disk.
+    # A zero interval: a checkpoint after every batch. A batch reaches the cache once the next
+    # batch's forward is queued (features.py reads them one batch late), so at the 3rd forward batch
+    # 1 is on disk and batch 2 is on its way; the failure still delivers batch 2 before propagating.
     monkeypatch.setattr(features, "SAVE_EVERY_S", 0.0)
     monkeypatch.setattr(features, "SAVE_COST_FACTOR", 0.0)
     saves: list[int] = []
@@ -118,8 +120,9 @@ def test_cache_is_checkpointed_during_the_run(zs_model, eight, tmp_path, monkeyp
     _fail_on_call(monkeypatch, zs_model, 3, KeyboardInterrupt(), seen, tmp_path)
     with pytest.raises(KeyboardInterrupt):
         extract_features(zs_model, eight, VIEWS, cache_dir=tmp_path, batch_size=2, num_workers=0)
-    assert seen == [_paths(eight, range(4))]
+    assert seen == [_paths(eight, range(2))]
     assert saves == [2, 4]  # one per finished batch; nothing new to save on the way out
+    assert _on_disk(tmp_path, zs_model) == _paths(eight, range(4))
 
 
 def test_sigterm_is_an_interrupt_only_while_encoding(zs_model, eight, tmp_path, monkeypatch):

@@ -34,6 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from lss_cli.eval.forward import EvalForward
 from lss_cli.runtime.progress import make_progress
 
 CACHE_VERSION = 1  # bump when the feature computation changes
@@ -214,8 +215,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _encode_batches(model, videos, views: Views, kind: str, *, batch_size: int, num_workers: int,
-                    device: torch.device, desc: str) -> Iterator[list[tuple[int, Row]]]:
-    """Decode and encode this rank's shard of `videos`; yields each batch as (index, row) pairs."""
+                    device: torch.device, desc: str, compile: bool = False) -> Iterator[list[tuple[int, Row]]]:
+    """Decode and encode this rank's shard of `videos`; yields each batch as (index, row) pairs.
+
+    A batch's features are read on the host only after the next batch's forward is queued: reading
+    them at once would make the host wait for the GPU every batch and leave the GPU idle while the
+    host fetches, copies and launches the next one. If anything fails (Ctrl-C included), the batch
+    already computed is still yielded before the error propagates, so it reaches the cache."""
     from lss_cli.data.loader import build_eval_loader, make_eval_views
 
     rank, world = _rank_world()
@@ -224,20 +230,52 @@ def _encode_batches(model, videos, views: Views, kind: str, *, batch_size: int, 
                                num_crops=views.num_crops, image_size=size, batch_size=batch_size,
                                num_workers=min(num_workers, os.cpu_count() or 1), rank=rank,
                                world_size=world)
+    forward = EvalForward(model.encoder, kind, batch_size * views.count, compile=compile)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    pending = None  # (batch, features on their way to the host, copy-done event) of the previous batch
     with make_progress(rank) as bar, torch.inference_mode(), autocast:
         task = bar.add_task(desc, total=len(loader.sampler))
-        for batch in loader:
-            x = make_eval_views(batch, views.num_crops, size, model.clip.mean, model.clip.std, device)  # [B, V, T, 3, S, S]
-            B, V = x.shape[:2]
-            z = model.encoder.encode(x.flatten(0, 1), proj=kind == "proj", normalize=kind == "proj")  # [B*V, D]
-            z = z.float().view(B, V, -1).cpu()
-            rows = []
-            for j in range(B):
-                ok = bool(batch["ok"][j])
-                rows.append((int(batch["index"][j]), (z[j] if ok else torch.zeros_like(z[j]), ok, batch["error"][j])))
-            yield rows
-            bar.advance(task, B)
+        try:
+            for batch in loader:
+                x = make_eval_views(batch, views.num_crops, size, model.clip.mean, model.clip.std, device)  # [B, V, T, 3, S, S]
+                B, V = x.shape[:2]
+                z = forward(x.flatten(0, 1)).float().view(B, V, -1)  # [B, V, D]
+                current = (batch, *_to_host(z))
+                if pending is not None:
+                    yield _rows(*pending)
+                    bar.advance(task, len(pending[0]["index"]))
+                pending = current
+        except GeneratorExit:
+            raise
+        except BaseException:
+            if pending is not None:
+                yield _rows(*pending)  # computed before the failure: keep it (the consumer caches it)
+            raise
+        if pending is not None:
+            yield _rows(*pending)
+            bar.advance(task, len(pending[0]["index"]))
+
+
+def _to_host(z: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """Start copying `z` to the host without waiting (pinned, non-blocking on CUDA); returns the host
+    tensor and an event to wait on before reading it (None: already there)."""
+    if z.device.type != "cuda":
+        return z.cpu(), None
+    host = z.to("cpu", non_blocking=True)  # a pinned destination, filled when the GPU gets there
+    done = torch.cuda.Event()
+    done.record()
+    return host, done
+
+
+def _rows(batch: dict[str, Any], z: torch.Tensor, done: Any) -> list[tuple[int, Row]]:
+    """(index, (features [V, D], ok, error)) per video of a batch; zeros for unreadable videos."""
+    if done is not None:
+        done.synchronize()
+    rows = []
+    for j in range(len(batch["index"])):
+        ok = bool(batch["ok"][j])
+        rows.append((int(batch["index"][j]), (z[j] if ok else torch.zeros_like(z[j]), ok, batch["error"][j])))
+    return rows
 
 
 def _gather(local: dict[int, Row]) -> dict[int, Row]:
@@ -287,11 +325,12 @@ def _encode_missing(model, videos, keys: list[str], cache: FeatureCache | None, 
 
 def extract_features(model, videos, views: Views, *, kind: str = "proj", cache_dir: str | Path | None = None,
                      batch_size: int = 16, num_workers: int = 2, device: torch.device | str = "cpu",
-                     desc: str = "features") -> Features:
+                     desc: str = "features", compile: bool = False) -> Features:
     """Features of every video in `videos` (a VideoList), [N, V, D], from the cache where possible.
 
     `model` is a `lss_cli.models.export.VideoModel`. Unreadable videos get ok=False and their reason;
     none is dropped. Interrupted, it leaves the videos it finished in the cache (module docstring).
+    `compile`: torch.compile the encoder forward (`lss_cli.eval.forward`; worth it on a GPU).
     """
     cache = _open_cache(cache_dir, model, kind, views)
     rows: dict[int, Row] = {}
@@ -305,7 +344,8 @@ def extract_features(model, videos, views: Views, *, kind: str = "proj", cache_d
     if missing:
         sub = videos.subset(missing) if len(missing) < len(videos) else videos
         got = _encode_missing(model, sub, [_key(videos.path(i)) for i in missing], cache, views, kind,
-                              batch_size=batch_size, num_workers=num_workers, device=torch.device(device), desc=desc)
+                              batch_size=batch_size, num_workers=num_workers, device=torch.device(device), desc=desc,
+                              compile=compile)
         for j, i in enumerate(missing):
             rows[i] = got[j]
             if cache is not None:
