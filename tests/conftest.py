@@ -79,6 +79,22 @@ def bad_dataset(tmp_path_factory, synth_dataset):
     return root
 
 
+@pytest.fixture(scope="module")
+def zs(tmp_path_factory):
+    """The small zero-shot set of clip_reference.py (built once per session)."""
+    from clip_reference import zero_shot_set
+
+    return zero_shot_set(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def zs_model(zs):
+    """lss-tiny with the zero-shot set's weights, as `lss eval` loads a plain CLIP baseline."""
+    from lss_cli.models.export import load_video_model
+
+    return load_video_model("none", model="lss-tiny", pretrained=str(zs["weights"]))
+
+
 class HostToDevice(TorchDispatchMode):
     """Records every op that takes a CPU tensor and returns a tensor on another device (a host->device
     copy). Run code on the "meta" device under it: meta tensors have no data, so any op that would

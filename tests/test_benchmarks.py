@@ -7,6 +7,7 @@ match the SPEC's reference figures for ViT-B/16.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -64,15 +65,18 @@ def test_cache_save_benchmark_small(tmp_path):
 # ---- FLOP counting -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def bench_utils():
+def _bench_module(name: str):
+    """Import benchmarks/<name>.py (the benchmarks import each other by plain module name)."""
     sys.path.insert(0, str(BENCH))
     try:
-        import bench_utils
-
-        yield bench_utils
+        yield importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def bench_utils():
+    yield from _bench_module("bench_utils")
 
 
 def test_attention_is_counted_like_the_fused_kernels(bench_utils):
@@ -117,13 +121,7 @@ def test_vit_b16_frame_flops_match_spec(bench_utils):
 
 @pytest.fixture(scope="module")
 def train_bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import train_step
-
-        yield train_step
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from _bench_module("train_step")
 
 
 def test_production_step_with_augmentation_has_no_host_sync(train_bench):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from clip_reference import segment_frames, shipped_templates, zero_shot_set
+from clip_reference import segment_frames, shipped_templates
 from conftest import BAD, run_lss
 
 from lss_cli.config import EvalConfig, TrainConfig, load_config
@@ -20,16 +20,6 @@ from lss_cli.eval.results import evaluate
 from lss_cli.models.export import load_video_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def zs(tmp_path_factory):
-    return zero_shot_set(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def zs_model(zs):
-    return load_video_model("none", model="lss-tiny", pretrained=str(zs["weights"]))
 
 
 def _zs_cli(zs, out: Path, cache: Path, *extra: str):

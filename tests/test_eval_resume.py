@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from clip_reference import zero_shot_set
 from conftest import run_lss
 
 import lss_cli.eval.features as features
@@ -24,16 +23,6 @@ from lss_cli.eval.features import FeatureCache, Views, extract_features
 from lss_cli.models.export import load_video_model
 
 VIEWS = Views(num_frames=2)
-
-
-@pytest.fixture(scope="module")
-def zs(tmp_path_factory):
-    return zero_shot_set(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def zs_model(zs):
-    return load_video_model("none", model="lss-tiny", pretrained=str(zs["weights"]))
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,12 @@ import json
 
 import pytest
 import torch
-from clip_reference import shipped_templates, zero_shot_set
+from clip_reference import shipped_templates
 from conftest import run_lss
 
 from lss_cli.errors import ConfigError, InputFileError
 from lss_cli.labels import LabelSet, parse_label_arg
 from lss_cli.predict import predict
-
-
-@pytest.fixture(scope="module")
-def zs(tmp_path_factory):
-    return zero_shot_set(tmp_path_factory)
 
 
 def test_predict_json_is_the_documented_format_and_equals_the_reference(zs, tmp_path):
