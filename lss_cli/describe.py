@@ -381,7 +381,7 @@ class DescribePlan:
 def plan_describe(cfg: DescribeConfig, env: dict[str, str] | None = None) -> DescribePlan:
     """Check every input and work out what a run would do. Reads only; no network."""
     names, prompt, endpoint, out = _check_inputs(cfg, env)
-    state = read_state(out) if out.is_file() and not cfg.overwrite else DescriptionsState({}, {}, 0)
+    state = read_state(out) if out.is_file() and not cfg.overwrite else DescriptionsState()
     return _make_plan(cfg, names, prompt, endpoint, out, state)
 
 
@@ -527,7 +527,7 @@ def _prepare_output(out: Path, cfg: DescribeConfig) -> DescriptionsState:
             backup = out.with_name(out.name + ".bak")
             out.replace(backup)
             log(f"describe: --overwrite: the previous {out} is kept as {backup}")
-        return DescriptionsState({}, {}, 0)
+        return DescriptionsState()
     state, torn = repair_and_read_state(out)
     if torn is not None:
         warn(f"{out} ended in a torn line (an interrupted write); removed it, its class is redone")

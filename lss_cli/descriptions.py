@@ -75,9 +75,9 @@ class FailedRecord:
 class DescriptionsState:
     """Everything in a descriptions file: what is done, what failed last, what could not be read."""
 
-    records: dict[str, DescriptionRecord]  # category -> its (latest) record
-    failed: dict[str, FailedRecord]  # category -> latest failure, only for classes with no record
-    bad_lines: int  # torn or unparseable lines (skipped; their classes are not done)
+    records: dict[str, DescriptionRecord] = field(default_factory=dict)  # category -> its (latest) record
+    failed: dict[str, FailedRecord] = field(default_factory=dict)  # category -> latest failure, only for classes with no record
+    bad_lines: int = 0  # torn or unparseable lines (skipped; their classes are not done)
 
 
 def _line(record: DescriptionRecord | FailedRecord) -> str:
@@ -136,7 +136,7 @@ def repair_and_read_state(path: str | Path) -> tuple[DescriptionsState, str | No
     None). For the one writer (under its lock) before it appends; an absent file is empty."""
     path = Path(path)
     if not path.is_file():
-        return DescriptionsState({}, {}, 0), None
+        return DescriptionsState(), None
     data, torn = _repair_tail(path, path.read_bytes())
     return _parse_state(data, path), torn
 
