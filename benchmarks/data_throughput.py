@@ -4,15 +4,18 @@ Generates clips (cached in --out):
 - `mp4-340x256`, `mp4-640x360`: Kinetics-like, 10 s at 30 fps, H.264 (x264, crf 23, a keyframe
   every 60 frames = 2 s), a textured scene with a camera pan, a moving object and sensor noise;
 - `avi-320x240`: UCF101-like, 7 s at 25 fps, MPEG-4 Part 2 in AVI (what torchcodec's encoder
-  writes for .avi here; UCF101 ships XviD, also MPEG-4 Part 2).
+  writes for .avi here; UCF101 ships XviD, also MPEG-4 Part 2);
+- `mp4-short-340x256`: 12 frames (1 s at 12 fps), evaluated with 4 clips x 3 crops of 8 frames,
+  so frames repeat across views.
 
 Measures, with DataLoader workers = 1, 2 and all cores:
 - train: decoded + cropped/resized self-distillation samples/s (2 global x 8 frames at 224 + 8 local
   x 8 frames at 96, SPEC §3.3 defaults): `lss_cli.data.loader.TrainClips` (union of all views'
   indices in one `get_frames_at`, default `data.seek_mode`) vs naive (decode the whole video,
   then index);
-- eval: 8-frame single-view clips/s (segment centres, short side 224 bicubic, centre crop):
-  `EvalClips` (exact seek) vs naive;
+- eval: clips/s of 8-frame single views (segment centres, short side 224 bicubic, centre crop;
+  4 clips x 3 crops for the short kind): `EvalClips` (exact seek) vs naive (decode everything,
+  copy out every view's frames, resize each);
 - a one-core breakdown of a training sample (decode vs crop/resize) and the cost of the on-device
   augmentation when the device is this CPU (on a GPU it is a few ms per batch).
 
@@ -23,6 +26,7 @@ the clips; --quick for a smoke run).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -63,12 +67,16 @@ class Kind:
     fps: int
     suffix: str
     options: dict | None  # encoder options
+    eval_views: tuple[int, int, int] = (8, 1, 1)  # eval frames per view, clips, crops
 
 
 KINDS = {
     "mp4-340x256": Kind("mp4-340x256", 256, 340, 10, 30, ".mp4", {"g": 60}),
     "mp4-640x360": Kind("mp4-640x360", 360, 640, 10, 30, ".mp4", {"g": 60}),
     "avi-320x240": Kind("avi-320x240", 240, 320, 7, 25, ".avi", None),
+    # A short clip evaluated with many views (4 clips x 3 crops of 8 frames from 12 frames): frames
+    # repeat across views, which the eval path resizes once each.
+    "mp4-short-340x256": Kind("mp4-short-340x256", 256, 340, 1, 12, ".mp4", {"g": 60}, (8, 4, 3)),
 }
 
 
@@ -173,10 +181,12 @@ def train_rate(paths, naive: bool, workers: int, samples: int, batch_size: int) 
     return rate(dataset, sampler, collate_train, batch_size, workers, samples)
 
 
-def eval_rate(paths, naive: bool, workers: int, samples: int, batch_size: int) -> float:
+def eval_rate(paths, naive: bool, workers: int, samples: int, batch_size: int,
+              views: tuple[int, int, int] = (8, 1, 1)) -> float:
     videos = VideoList("/", [str(p) for p in paths] * 64, [-1] * (64 * len(paths)), [])
     cls = NaiveEvalClips if naive else EvalClips
-    dataset = cls(videos, num_frames=8, num_clips=1, num_crops=1, image_size=224, seek_mode="exact",
+    frames, clips, crops = views
+    dataset = cls(videos, num_frames=frames, num_clips=clips, num_crops=crops, image_size=224, seek_mode="exact",
                   decode_timeout=60.0)
     return rate(dataset, EvalShardSampler(len(videos)), collate_eval, batch_size, workers, samples)
 
@@ -244,7 +254,7 @@ def main() -> None:
         paths = make_clips(args.out, kind, args.clips)
         info = describe(paths)
         print(f"\n## {name}: {info} ({time.perf_counter() - t0:.1f} s to make)")
-        rows = measure_kind(paths, workers, args)
+        rows = measure_kind(paths, workers, args, kind.eval_views)
         results["kinds"][name] = {"clips": info, **rows}
     torch.set_num_threads(cores)
     results["augment_cpu_ms_per_sample"] = augment_cost()
@@ -256,14 +266,16 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
-def measure_kind(paths: list[Path], workers: list[int], args) -> dict:
+def measure_kind(paths: list[Path], workers: list[int], args, eval_views: tuple[int, int, int]) -> dict:
     out = {"breakdown": breakdown(paths, 6 if not args.quick else 2), "rows": []}
     b = out["breakdown"]
     print(f"one core, per training sample: decode {b['decode_approximate_ms']:.0f} ms approximate seek / "
           f"{b['decode_exact_ms']:.0f} ms exact seek (the union of all views is ~{b['union_frames_of_300']} distinct "
           f"frames of a 300-frame clip), crop+resize {b['crop_resize_ms']:.0f} ms")
+    print(f"eval views: {eval_views[0]} frames x {eval_views[1]} clip(s) x {eval_views[2]} crop(s)")
     print(f"{'task':<6} {'workers':>7} {'pipeline/s':>11} {'per core':>9} {'naive/s':>9} {'per core':>9} {'speed-up':>9}")
-    for task, fn, samples, bs in (("train", train_rate, args.samples, 4), ("eval", eval_rate, args.eval_samples, 8)):
+    evaluate = functools.partial(eval_rate, views=eval_views)
+    for task, fn, samples, bs in (("train", train_rate, args.samples, 4), ("eval", evaluate, args.eval_samples, 8)):
         for w in workers:
             fast = fn(paths, False, w, samples, bs)
             slow = fn(paths, True, w, max(bs, samples // 2), bs)
