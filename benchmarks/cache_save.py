@@ -1,4 +1,4 @@
-"""Time one save and one load of the evaluation feature cache (`lss_cli.eval.features.FeatureCache`).
+"""Time one save and one load of the evaluation feature cache (`lss_cli.eval.cache.FeatureCache`).
 
 A save rewrites the whole file (temp + os.replace), so its cost sets how often extraction can
 checkpoint (`SAVE_EVERY_S`). Default size: Kinetics-400 val, 20,000 videos x 3 views x 512 floats.
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from bench_utils import environment, write_json
 
-from lss_cli.eval.features import FeatureCache
+from lss_cli.eval.cache import FeatureCache
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import lss_cli.eval.features as features
-from lss_cli.eval.features import STALE_TEMP_S, FeatureCache
+import lss_cli.eval.cache as cache_module
+from lss_cli.eval.cache import STALE_TEMP_S, FeatureCache
 
 KEY = {"model": "m" * 16, "kind": "proj", "views": {"num_frames": 2, "num_clips": 1, "num_crops": 1},
        "image_size": 64}
@@ -106,7 +106,7 @@ def test_the_lock_is_held_while_saving_and_released_on_failure(tmp_path, monkeyp
                 held.append(True)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(features, "save_file", failing_save_file)
+    monkeypatch.setattr(cache_module, "save_file", failing_save_file)
     with pytest.raises(OSError, match="No space"):
         cache.save()
     assert held == [True]
@@ -138,7 +138,7 @@ _WRITER = """
 import os, sys, time, json
 from pathlib import Path
 import torch
-from lss_cli.eval.features import FeatureCache
+from lss_cli.eval.cache import FeatureCache
 cache_dir, name, rounds, per_round, key = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
 Path(cache_dir, "ready-" + name).touch()
 while not Path(cache_dir, "go").exists():
