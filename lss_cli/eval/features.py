@@ -141,6 +141,12 @@ def _encode_batches(model, videos, views: Views, kind: str, *, batch_size: int, 
     pending = None  # (batch, features on their way to the host, copy-done event) of the previous batch
     with make_progress(rank) as bar, torch.inference_mode(), autocast:
         task = bar.add_task(desc, total=len(loader.sampler))
+
+        def deliver(done_batch) -> list[tuple[int, Row]]:
+            rows = _rows(*done_batch)
+            bar.advance(task, len(rows))
+            return rows
+
         try:
             for batch in loader:
                 x = make_eval_views(batch, views.num_crops, size, model.clip.mean, model.clip.std, device)  # [B, V, T, 3, S, S]
@@ -148,18 +154,16 @@ def _encode_batches(model, videos, views: Views, kind: str, *, batch_size: int, 
                 z = forward(x.flatten(0, 1)).float().view(B, V, -1)  # [B, V, D]
                 current = (batch, *_to_host(z))
                 if pending is not None:
-                    yield _rows(*pending)
-                    bar.advance(task, len(pending[0]["index"]))
+                    yield deliver(pending)
                 pending = current
         except GeneratorExit:
             raise
         except BaseException:
             if pending is not None:
-                yield _rows(*pending)  # computed before the failure: keep it (the consumer caches it)
+                yield deliver(pending)  # computed before the failure: keep it (the consumer caches it)
             raise
         if pending is not None:
-            yield _rows(*pending)
-            bar.advance(task, len(pending[0]["index"]))
+            yield deliver(pending)
 
 
 def _to_host(z: torch.Tensor) -> tuple[torch.Tensor, Any]:
@@ -249,13 +253,13 @@ def extract_features(model, videos, views: Views, *, kind: str = "proj", cache_d
             rows[i] = hit
     if missing:
         sub = videos.subset(missing) if len(missing) < len(videos) else videos
-        got = _encode_missing(model, sub, [_key(videos.path(i)) for i in missing], cache, views, kind,
-                              batch_size=batch_size, num_workers=num_workers, device=torch.device(device), desc=desc,
-                              compile=compile)
+        keys = [_key(videos.path(i)) for i in missing]
+        got = _encode_missing(model, sub, keys, cache, views, kind, batch_size=batch_size, num_workers=num_workers,
+                              device=torch.device(device), desc=desc, compile=compile)
         for j, i in enumerate(missing):
             rows[i] = got[j]
-            if cache is not None:
-                cache.add(_key(videos.path(i)), *got[j])  # the other ranks' videos (rank 0 saves them)
+            if cache is not None and keys[j] not in cache.fresh:
+                cache.add(keys[j], *got[j])  # another rank's video (rank 0 writes them to the main file)
         if cache is not None and _is_main():
             cache.merge_partials()
         _barrier()  # every rank then reads the same cache file, so all agree on what is missing
