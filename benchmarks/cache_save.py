@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             assert len(loaded.entries) == args.videos
         size = Path(cache.path).stat().st_size
     row = {"videos": args.videos, "views": args.views, "dim": args.dim, "file_mb": round(size / 1e6, 1),
-           "save_s": round(statistics.median(saves), 3), "load_s": round(statistics.median(loads), 3)}
+           "save_s": round(statistics.median(saves), 6), "load_s": round(statistics.median(loads), 6)}
     env = environment(torch.device("cpu"))
     print(f"{env['cpu']} ({env['cpu_cores']} cores), torch {env['torch']}")
     print(" ".join(f"{k}={v}" for k, v in row.items()))

@@ -220,8 +220,10 @@ def gather_inputs(cfg: ConceptsConfig) -> ConceptInputs:
                  "(those categories then take part in concept distillation only)")
     texts = [t for i in range(len(label_names)) for t in grouped.get(i, [])]
     owner = [i for i in range(len(label_names)) for _ in grouped.get(i, [])]
-    if not texts:
-        raise InputFileError(f"{cfg.descriptions}: no descriptions at all", hint="check the file")
+    if not texts and not (cfg.allow_missing and cfg.extra_sentences):
+        raise InputFileError(f"{cfg.descriptions}: no descriptions at all",
+                             hint="check the file (with --allow-missing, --extra-sentences alone may fill the "
+                                  "description space: an ablation without class descriptions)")
     sentences: list[str] = []
     if cfg.extra_sentences:
         seen = set(texts)

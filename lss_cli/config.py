@@ -320,6 +320,7 @@ class EvalConfig:
     pretrained: str | None = "openai"  # its weights (tag, file, local-dir:PATH, or none = random init)
     seed: int = 0  # random-init seed of a baseline with pretrained none (training uses run.seed the same way)
     templates: str = "action_templates_v1"  # zero-shot prompt templates (prompts/ name or path)
+    pairs: str | None = None  # time-reversal class pairs for the direction accuracy: one pair a line, two class names separated by a TAB; None = <root>/pairs.txt for the synthetic dataset when it exists, else no direction accuracy
     num_frames: int = 8  # frames per view (centres of equal segments)
     num_clips: int = 1  # temporal views
     num_crops: int = 1  # spatial views: 1 (centre) or 3 (left/centre/right)

@@ -1,11 +1,21 @@
-"""`lss demo` (what `make demo` runs): the whole LSS pipeline on the built-in synthetic dataset with
-the tiny model, on CPU, in a few minutes.
+"""`lss demo` (what `make demo` runs): the whole LSS pipeline on the built-in synthetic benchmark
+with the tiny model, on CPU, in a few minutes.
+
+The benchmark: 8 motion classes in 4 time-reversal pairs (moving left / right, up / down, rotating
+clockwise / counterclockwise, growing / shrinking). Clip i of a pair's second class is clip i of
+the first, played backwards, so a model that ignores frame order (the frame-average CLIP the
+method starts from) is at chance on the *direction accuracy* (is the right member of the pair
+scored above its mate?) by construction. The "CLIP" is `lss-tiny` pretrained on captioned stills
+of the same world (`--pretrained synthetic-world`, made by `lss pretrain-tiny`), so its concept
+spaces mean something: it knows where an object is and how large it is.
 
 Stages, each writing into the demo's run dir:
 
-1. `data/`: synthetic motion-class videos (train/test lists, class names, hand-written descriptions).
-2. `concepts.safetensors`: category and description banks from the shipped descriptions, encoded
-   by the tiny model's text tower (what `lss build-concepts` does).
+1. `data/`: synthetic motion-class videos (train/test lists, class names, time-reversal pairs,
+   hand-written descriptions).
+2. `concepts.safetensors`: category and description banks from the shipped descriptions and the
+   world's attribute sentences ("a shape on the left", "a large shape", ...: concept-space
+   expansion), encoded by the tiny model's text tower (what `lss build-concepts` does).
 3. `eval/baseline-zero-shot/`, `eval/baseline-linear-probe/`: the untrained model. At step 0 the
    video model is exactly its image tower applied per frame and averaged (SPEC §3.1), so this is
    the plain-CLIP baseline, measured under the same protocol as the trained model.
@@ -14,9 +24,8 @@ Stages, each writing into the demo's run dir:
 6. `eval/trained-zero-shot/`, `eval/trained-linear-probe/`: the trained teacher.
 7. `summary.json`: baseline vs trained, stage timings and every path written.
 
-All evaluations share one feature cache (`feature-cache/`). The tiny model starts from random
-weights (no downloads), so its zero-shot numbers show the pipeline working, not CLIP's zero-shot
-skill; the synthetic classes differ only in motion, which a frame average cannot see.
+All evaluations share one feature cache (`feature-cache/`). `benchmarks/learning.py` runs this
+for several seeds and ablations (`DemoSettings.overrides`) and prints mean +- std.
 """
 
 from __future__ import annotations
@@ -27,45 +36,44 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lss_cli.config import EvalConfig, TrainConfig, from_dict
+from lss_cli.config import EvalConfig, TrainConfig
 from lss_cli.errors import ConfigError
 from lss_cli.runtime.progress import log
 from lss_cli.runtime.rundir import default_run_dir, prepare_run_dir, write_text_atomic
 
-# The values of examples/synthetic_tiny.yaml (data root and concepts are set per demo run). Kept in
-# code so an installed package runs the demo without the repository; a test checks both agree.
 PROTOCOLS = ("zero-shot", "linear-probe")
+TINY_WEIGHTS = "synthetic-world"  # the shipped pretrained weights of lss-tiny (lss_cli.models.clip.BUILTIN_WEIGHTS)
 
 
 @dataclass(frozen=True)
 class DemoSettings:
     """What `lss demo` may change; the defaults are the documented demo."""
 
-    classes: int = 8  # motion classes of the synthetic set (2..10)
-    videos_per_class: int = 12  # clips per class (a quarter of them are test clips)
+    classes: int = 8  # motion classes of the synthetic set (2..10; the first 8 are 4 time-reversal pairs)
+    videos_per_class: int = 24  # clips per class (a quarter of them are test clips)
     epochs: int | None = None  # training epochs; None = the example config's
     seed: int = 0  # data, model initialisation and training seed
+    overrides: tuple[str, ...] = ()  # dotted train-config overrides on top of the example (ablations)
+    descriptions: bool = True  # build the description bank from the class descriptions (ablation: off)
 
 
 def tiny_train_config(data_root: str | Path, concepts: str | Path, output_dir: str | Path, *,
-                      epochs: int | None = None, seed: int = 0) -> TrainConfig:
-    """`examples/synthetic_tiny.yaml` as a TrainConfig, pointed at the demo's data, bank and run dir."""
-    from lss_cli.config import read_yaml
+                      epochs: int | None = None, seed: int = 0, overrides: tuple[str, ...] = ()) -> TrainConfig:
+    """`examples/synthetic_tiny.yaml` (+ `overrides`) as a TrainConfig, pointed at the demo's data,
+    bank and run dir."""
+    from lss_cli.config import load_config
     from lss_cli.resources import example_path
 
-    data = read_yaml(example_path("synthetic_tiny"))  # the same file the README's train command uses
-    data["data"]["root"] = str(data_root)
-    data["loss"]["concepts"] = str(concepts)
-    data["run"].update(output_dir=str(output_dir), seed=seed)
-    if epochs is not None:
-        data["optim"]["epochs"] = epochs
-    return from_dict(TrainConfig, data)
+    # The same file the README's train command uses; the demo's own settings win over the overrides.
+    return load_config(TrainConfig, example_path("synthetic_tiny"), list(overrides),
+                       flags={"data.root": str(data_root), "loss.concepts": str(concepts),
+                              "run.output_dir": str(output_dir), "run.seed": seed, "optim.epochs": epochs})
 
 
 def demo_eval_config(data_root: Path, checkpoint: str, cache_dir: Path, seed: int) -> EvalConfig:
     """The demo's eval protocol: the synthetic test list, one centre view of 8 frames, on CPU."""
     return EvalConfig(dataset="synthetic", root=str(data_root), checkpoint=checkpoint, model="lss-tiny",
-                      pretrained=None, seed=seed, num_frames=8, num_clips=1, num_crops=1, batch_size=16,
+                      pretrained=TINY_WEIGHTS, seed=seed, num_frames=8, num_clips=1, num_crops=1, batch_size=16,
                       num_workers=2, cache_dir=str(cache_dir), device="cpu")
 
 
@@ -92,41 +100,58 @@ def _evaluate_model(stages: _Stages, run: Path, tag: str, checkpoint: str, data_
             for p in PROTOCOLS}
 
 
+COMPARED = (("zero-shot", "top1"), ("zero-shot", "direction_accuracy"), ("linear-probe", "top1"),
+            ("linear-probe", "direction_accuracy"))
+
+
+def _metric_name(protocol: str, metric: str) -> str:
+    return f"{protocol} {'direction' if metric == 'direction_accuracy' else metric.replace('top', 'top-')}"
+
+
 def _comparison(baseline: dict[str, dict[str, Any]], trained: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of the summary table: metric, baseline, trained (accuracies in [0, 1])."""
+    """Rows of the summary table: metric, baseline, trained (accuracies in [0, 1]). Direction rows
+    only when the classes include a time-reversal pair."""
     rows = []
-    for protocol, metric in (("zero-shot", "top1"), ("zero-shot", "top5"), ("linear-probe", "top1")):
+    for protocol, metric in COMPARED:
+        if metric not in baseline[protocol]["summary"]:
+            continue
         b, t = baseline[protocol]["summary"][metric]["mean"], trained[protocol]["summary"][metric]["mean"]
-        rows.append({"metric": f"{protocol} {metric.replace('top', 'top-')}", "baseline": b, "trained": t,
-                     "change": t - b})
+        rows.append({"metric": _metric_name(protocol, metric), "baseline": b, "trained": t, "change": t - b})
     return rows
 
 
 def _check_settings(settings: DemoSettings) -> None:
-    """Bad settings fail before anything is written."""
-    from lss_cli.data.synth import SynthSpec
-
-    SynthSpec(classes=settings.classes, videos_per_class=settings.videos_per_class, seed=settings.seed).validate()
+    """Bad settings fail before anything is written (overrides included)."""
+    spec = _synth_spec(settings)
+    spec.validate()
     if settings.epochs is not None and settings.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {settings.epochs}")
+    cfg = tiny_train_config(".", "concepts.safetensors", ".", epochs=settings.epochs, overrides=settings.overrides)
+    n_train = spec.classes * (spec.videos_per_class - spec.test_count)
+    if n_train < cfg.data.batch_size:
+        raise ConfigError(f"{spec.classes} classes x {spec.videos_per_class} clips leave {n_train} training clips, "
+                          f"fewer than one batch of {cfg.data.batch_size}",
+                          hint="raise --videos-per-class or --classes")
 
 
 def _make_data(run: Path, settings: DemoSettings) -> tuple[Path, dict[str, Any]]:
-    from lss_cli.data.synth import SynthSpec, generate
+    from lss_cli.data.synth import generate
 
     root = run / "data"
-    return root, generate(root, SynthSpec(classes=settings.classes, videos_per_class=settings.videos_per_class,
-                                          seed=settings.seed))
+    return root, generate(root, _synth_spec(settings))
 
 
-def _make_concepts(run: Path, data_root: Path) -> dict[str, Any]:
-    from lss_cli.concepts import build_concepts
-    from lss_cli.config import ConceptsConfig
+def _synth_spec(settings: DemoSettings):
+    from lss_cli.data.synth import benchmark_spec
 
-    return build_concepts(ConceptsConfig(labels=str(data_root / "classes.txt"),
-                                         descriptions=str(data_root / "descriptions.jsonl"),
-                                         out=str(run / "concepts.safetensors"), model="lss-tiny", pretrained=None,
-                                         device="cpu"))
+    return benchmark_spec(classes=settings.classes, videos_per_class=settings.videos_per_class, seed=settings.seed)
+
+
+def _make_concepts(run: Path, data_root: Path, settings: DemoSettings) -> dict[str, Any]:
+    from lss_cli.train.inputs import build_synthetic_concepts
+
+    return build_synthetic_concepts(data_root, run / "concepts.safetensors", "lss-tiny", TINY_WEIGHTS,
+                                    descriptions=settings.descriptions)
 
 
 def run_demo(output_dir: str | Path | None = None, settings: DemoSettings | None = None) -> dict[str, Any]:
@@ -141,10 +166,10 @@ def run_demo(output_dir: str | Path | None = None, settings: DemoSettings | None
     start = time.perf_counter()
     stages = _Stages()
     data_root, data = stages.run("generate the synthetic dataset", _make_data, run, settings)
-    stages.run("build the concept banks from the shipped descriptions", _make_concepts, run, data_root)
+    stages.run("build the concept banks", _make_concepts, run, data_root, settings)
     baseline = _evaluate_model(stages, run, "baseline", "none", data_root, settings.seed)
     train_cfg = tiny_train_config(data_root, run / "concepts.safetensors", run / "train", epochs=settings.epochs,
-                                  seed=settings.seed)
+                                  seed=settings.seed, overrides=settings.overrides)
     trained_run = stages.run("train (LSS self-distillation)", train, train_cfg)
     model_file = run / "model.safetensors"
     stages.run("export the teacher", export_teacher, trained_run["run_dir"], model_file)
@@ -152,7 +177,7 @@ def run_demo(output_dir: str | Path | None = None, settings: DemoSettings | None
     summary = {
         "run_dir": str(run),
         "settings": asdict(settings),
-        "dataset": {k: data[k] for k in ("classes", "train", "test", "frames", "size")},
+        "dataset": {k: data[k] for k in ("classes", "train", "test", "frames", "size", "pairs")},
         "training": {"steps": trained_run["steps"], "epochs": train_cfg.optim.epochs,
                      "skipped_videos": trained_run["skipped_videos"]},
         "comparison": _comparison(baseline, trained),

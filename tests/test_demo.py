@@ -30,19 +30,26 @@ def test_bad_settings_fail_before_writing(tmp_path):
         run_demo(tmp_path / "demo", DemoSettings(classes=1))
     with pytest.raises(ConfigError, match="epochs"):
         run_demo(tmp_path / "demo", DemoSettings(epochs=0))
+    with pytest.raises(ConfigError, match="fewer than one batch"):
+        run_demo(tmp_path / "demo", DemoSettings(classes=2, videos_per_class=4))
+    with pytest.raises(ConfigError, match="temporal"):
+        run_demo(tmp_path / "demo", DemoSettings(overrides=("model.temporal=sideways",)))
     assert not (tmp_path / "demo").exists()
 
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "demo"
-    r = run_lss("demo", "-o", out, "--classes", "3", "--videos-per-class", "4", "--epochs", "1")
+    r = run_lss("demo", "-o", out, "--classes", "3", "--videos-per-class", "8", "--epochs", "1")
     assert r.returncode == 0, r.stderr
-    for text in ("baseline (untrained)", "trained", "zero-shot top-1", "zero-shot top-5", "linear-probe top-1"):
+    for text in ("baseline (untrained)", "trained", "zero-shot top-1", "zero-shot direction", "linear-probe top-1",
+                 "Does not show"):
         assert text in r.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert [row["metric"] for row in summary["comparison"]] == ["zero-shot top-1", "zero-shot top-5",
-                                                                "linear-probe top-1"]
+    # 3 classes hold one time-reversal pair (moving left / right): direction rows are reported.
+    assert [row["metric"] for row in summary["comparison"]] == ["zero-shot top-1", "zero-shot direction",
+                                                                "linear-probe top-1", "linear-probe direction"]
+    assert summary["dataset"]["pairs"] == [["moving left", "moving right"]]
     for key, path in summary["paths"].items():
         assert Path(path).exists(), key
         assert str(path) in r.stdout.replace("\n", "")  # every path written is printed, whole
@@ -53,7 +60,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert row["trained"] == results["trained zero-shot"]["summary"]["top1"]["mean"]
     assert results["trained zero-shot"]["checkpoint"] == summary["paths"]["exported model"]
     assert results["baseline zero-shot"]["checkpoint"] == "baseline"
-    assert summary["training"]["steps"] >= 1 and summary["dataset"]["test"] == 3
+    assert summary["training"]["steps"] >= 1 and summary["dataset"]["test"] == 6
     # One feature cache for all stages: the probe's test videos were encoded by the zero-shot stage.
     assert results["baseline linear-probe"]["splits"][0]["videos_decoded"] == 0
     assert results["trained linear-probe"]["splits"][0]["videos_decoded"] == 0

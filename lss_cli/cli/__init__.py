@@ -47,7 +47,7 @@ def _root(
     """LSS: language-based action concept spaces for video self-supervised learning."""
 
 
-COMMAND_MODULES = ("demo_cmd", "describe_cmd", "concepts_cmd", "train_cmd", "eval_cmd", "predict_cmd", "data_cmd",
+COMMAND_MODULES = ("demo_cmd", "pretrain_cmd", "describe_cmd", "concepts_cmd", "train_cmd", "eval_cmd", "predict_cmd", "data_cmd",
                    "labels_cmd", "config_cmd")
 
 

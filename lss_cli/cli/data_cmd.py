@@ -24,13 +24,16 @@ def synth(
     size: Annotated[int, typer.Option(help="Frame size in pixels (square, even).")] = 112,
     fps: Annotated[float, typer.Option(help="Frame rate.")] = 8.0,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same dataset).")] = 0,
+    background: Annotated[str, typer.Option(help="texture (smooth random texture) | plain (a uniform background per clip).")] = "texture",
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty folder.")] = False,
     quiet: Quiet = False,
     json_out: Json = False,
 ) -> None:
     """Generate labelled synthetic action videos whose class is defined by motion.
 
-    Writes videos/, classes.txt, train.txt and test.txt (`path label`), and descriptions.jsonl.
+    Writes videos/, classes.txt, train.txt and test.txt (`path label`), descriptions.jsonl and
+    pairs.txt: the time-reversal class pairs (moving left / moving right, ...), whose clips are the
+    same frames in reverse order, for `lss eval`'s direction accuracy.
 
     Example: lss data synth runs/data/synthetic --classes 8 --videos-per-class 12
     """
@@ -39,7 +42,8 @@ def synth(
     from lss_cli.runtime.rundir import prepare_run_dir
 
     set_quiet(quiet)
-    spec = SynthSpec(classes=classes, videos_per_class=videos_per_class, frames=frames, size=size, fps=fps, seed=seed)
+    spec = SynthSpec(classes=classes, videos_per_class=videos_per_class, frames=frames, size=size, fps=fps, seed=seed,
+                     background=background)
     spec.validate()
     prepare_run_dir(out_dir, overwrite=overwrite)
     summary = generate(out_dir, spec)
@@ -55,8 +59,10 @@ def render_synth_summary(summary: dict, json_out: bool) -> None:
         "root": summary["root"],
         "classes": ", ".join(summary["classes"]),
         "clips": f"{summary['train']} train / {summary['test']} test",
-        "clip": f"{summary['frames']} frames, {summary['size']}x{summary['size']} px, {summary['fps']} fps",
-        "files": "classes.txt, train.txt, test.txt, descriptions.jsonl, videos/",
+        "clip": f"{summary['frames']} frames, {summary['size']}x{summary['size']} px, {summary['fps']} fps, "
+                f"{summary['background']} background",
+        "time-reversal pairs": ", ".join(f"{a} / {b}" for a, b in summary["pairs"]) or "none",
+        "files": "classes.txt, train.txt, test.txt, descriptions.jsonl, pairs.txt, videos/",
     }))
 
 

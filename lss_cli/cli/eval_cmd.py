@@ -23,6 +23,8 @@ Clips = Annotated[int | None, typer.Option("--num-clips", help="Temporal views p
 Crops = Annotated[int | None, typer.Option("--num-crops", help="Spatial views: 1 or 3.")]
 Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
 Out = Annotated[str | None, typer.Option("--out", help="Results JSON (default: <run dir>/results.json).")]
+Pairs = Annotated[str | None, typer.Option("--pairs", help="Time-reversal class pairs (`class<TAB>mate` a line) for the "
+                                           "direction accuracy (default: a synthetic root's pairs.txt).")]
 
 
 def _flags(**kw: Any) -> dict[str, Any]:
@@ -58,22 +60,31 @@ def render_results(results: dict[str, Any], json_out: bool) -> None:
                           for s in results["splits"]]
         return print_json(slim)
     has_top5 = "top5" in results["summary"]
+    has_direction = "direction_accuracy" in results["summary"]
     table = Table(title=f"{results['protocol']} on {results['dataset']} — {escape(results['checkpoint'])} "
                         f"({results['views']['count']} view(s) x {results['views']['num_frames']} frames)",
                   title_justify="left")
-    for col in ("split", "top-1", *(["top-5"] if has_top5 else []), "listed", "evaluated", "unreadable"):
-        table.add_column(col, justify="right")
+    metrics = ["top1", *(["top5"] if has_top5 else []), *(["direction_accuracy"] if has_direction else [])]
+    for col in ("split", *(METRIC_COLUMNS[k] for k in metrics), "listed", "evaluated", "unreadable"):
+        table.add_column(col, justify="right", min_width=len(col))  # 80 columns wrap the values, never cut a header
     for s in results["splits"]:
-        table.add_row(s["split"], f"{100 * s['top1']:.2f}", *([f"{100 * s['top5']:.2f}"] if has_top5 else []),
+        table.add_row(s["split"], *(_percent(s.get(k)) for k in metrics),
                       str(s["videos_listed"]), str(s["videos_evaluated"]), str(s["videos_unreadable"]))
     m = results["summary"]
-    table.add_row("mean ± std", f"{100 * m['top1']['mean']:.2f} ± {100 * m['top1']['std']:.2f}",
-                  *([f"{100 * m['top5']['mean']:.2f} ± {100 * m['top5']['std']:.2f}"] if has_top5 else []), "", "", "")
+    table.add_row("mean ± std", *(f"{100 * m[k]['mean']:.2f} ± {100 * m[k]['std']:.2f}" for k in metrics), "", "", "")
     stdout.print(table)
     _print_unreadable(results["splits"])
     stdout.print(f"results: {escape(results['results_file'])}")
     for plot in results.get("plots", []):
         stdout.print(f"plot: {escape(plot)}")
+
+
+METRIC_COLUMNS = {"top1": "top-1", "top5": "top-5", "direction_accuracy": "direction"}  # results key -> column
+
+
+def _percent(value: float | None) -> str:
+    """A fraction as a percentage; "-" where a split has no value (no test video with a mate)."""
+    return "-" if value is None else f"{100 * value:.2f}"
 
 
 def _print_unreadable(splits: list[dict[str, Any]]) -> None:
@@ -94,10 +105,11 @@ def _print_unreadable(splits: list[dict[str, Any]]) -> None:
 @eval_app.command("zero-shot")
 def zero_shot(args: Overrides = None, dataset: Dataset = None, root: Root = None, list_file: ListFile = None,
               splits: Splits = None, checkpoint: Checkpoint = None, model: Model = None, pretrained: Pretrained = None,
-              templates: Templates = None, num_frames: Frames = None, num_clips: Clips = None, num_crops: Crops = None,
-              device: Device = None, out: Out = None, output_dir: OutputDir = None, overwrite: Overwrite = False,
+              templates: Templates = None, pairs: Pairs = None, num_frames: Frames = None, num_clips: Clips = None,
+              num_crops: Crops = None, device: Device = None, out: Out = None, output_dir: OutputDir = None, overwrite: Overwrite = False,
               quiet: Quiet = False, json_out: Json = False) -> None:
     """Zero-shot top-1/top-5 per split, mean ± std; the plain CLIP baseline when no checkpoint is given.
+    With time-reversal class pairs (--pairs, or a synthetic dataset's pairs.txt) also the direction accuracy.
 
     Examples:
 
@@ -106,7 +118,7 @@ def zero_shot(args: Overrides = None, dataset: Dataset = None, root: Root = None
         lss eval zero-shot --dataset hmdb51 --root data/hmdb51 --checkpoint none --model ViT-B-16 --pretrained openai
     """
     _run("zero-shot", args, _flags(dataset=dataset, root=root, list_file=list_file, splits=splits, checkpoint=checkpoint,
-                                   model=model, pretrained=pretrained, templates=templates, num_frames=num_frames,
+                                   model=model, pretrained=pretrained, templates=templates, pairs=pairs, num_frames=num_frames,
                                    num_clips=num_clips, num_crops=num_crops, device=device, out=out),
          output_dir, overwrite, quiet, json_out)
 
@@ -115,16 +127,17 @@ def zero_shot(args: Overrides = None, dataset: Dataset = None, root: Root = None
 def linear_probe(args: Overrides = None, dataset: Dataset = None, root: Root = None, list_file: ListFile = None,
                  train_list: TrainList = None, splits: Splits = None, checkpoint: Checkpoint = None, model: Model = None, pretrained: Pretrained = None,
                  features: Annotated[str | None, typer.Option("--features", help="pre-proj | proj.")] = None,
-                 num_frames: Frames = None, num_clips: Clips = None, num_crops: Crops = None, device: Device = None,
+                 pairs: Pairs = None, num_frames: Frames = None, num_clips: Clips = None, num_crops: Crops = None, device: Device = None,
                  out: Out = None, output_dir: OutputDir = None, overwrite: Overwrite = False, quiet: Quiet = False,
                  json_out: Json = False) -> None:
     """Linear probe on frozen features: L2 chosen on held-out train videos, top-1 per split, mean ± std.
+    With time-reversal class pairs (--pairs, or a synthetic dataset's pairs.txt) also the direction accuracy.
 
     Example: lss eval linear-probe --dataset ucf101 --root data/ucf101 --checkpoint model.safetensors --features pre-proj
     """
     _run("linear-probe", args, _flags(dataset=dataset, root=root, list_file=list_file, train_list=train_list, splits=splits,
                                       checkpoint=checkpoint, model=model, pretrained=pretrained, features=features,
-                                      num_frames=num_frames, num_clips=num_clips, num_crops=num_crops, device=device,
+                                      pairs=pairs, num_frames=num_frames, num_clips=num_clips, num_crops=num_crops, device=device,
                                       out=out), output_dir, overwrite, quiet, json_out)
 
 

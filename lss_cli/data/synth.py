@@ -1,11 +1,25 @@
 """Synthetic action videos: the class is the object's *motion*; everything else is a distractor.
 
-Each clip shows one object on a textured background. The class decides only how the object moves
-over time (left, right, up, down, clockwise, counter-clockwise, growing, shrinking, ...). Shape,
-colour, background texture, speed, start position, start size and start orientation are drawn
-from the same distribution for every class, so a single frame cannot tell the class: a model has
-to look at time. Clips are written as real video files through torchcodec's encoder, so the demo
-and the tests exercise the same decoding path as real datasets, with no downloads.
+Each clip shows one object on a textured (or, with `background="plain"`, a uniform) background.
+The class decides only how the object moves over time (left, right, up, down, clockwise,
+counter-clockwise, growing, shrinking, ...). Shape, colour, background, speed, start position,
+start size and start orientation are drawn from the same distribution for every *forward* class,
+so the first frame cannot tell those classes apart: a model has to look at time.
+
+Classes come in time-reversal pairs (moving left / moving right, up / down, clockwise /
+counterclockwise, growing / shrinking; "shaking" and "standing still" have no mate). Clip i of
+the second member of a pair is exactly clip i of the first member played backwards: same random
+draws, same frames (sensor noise included), reverse order, and the same split. Drawing the second
+member's clips independently would not do: its start position would come from the same
+distribution as its mate's, so its frames would sit elsewhere on average (a "moving right" clip
+ends right of where a "moving left" one ends) and a model that ignores frame order could still
+tell the two apart. By construction the two members of a pair hold the same set of frames, so any
+frame-order-invariant model (a frame average, for one) gives a clip and its mate the same
+features and is at chance on the direction; only a model of time order can beat it. `pairs.txt`
+lists the pairs for `lss eval`'s direction accuracy.
+
+Clips are written as real video files through torchcodec's encoder, so the demo and the tests
+exercise the same decoding path as real datasets, with no downloads.
 """
 
 from __future__ import annotations
@@ -29,20 +43,27 @@ class MotionClass:
     turns: float = 0.0  # rotation over the clip, in turns (+ = clockwise on screen)
     growth: float = 1.0  # size at the end / size at the start
     shake: float = 0.0  # amplitude of a fast horizontal oscillation
+    reverse_of: str | None = None  # time-reversal mate: this class's clips are that class's, reversed (no motion of its own)
 
 
+# A reversed class has no motion of its own: it is rendered as its mate's motion, then flipped in
+# time (`render_clip`), so it carries no parameters that could drift from its mate's.
 MOTIONS: tuple[MotionClass, ...] = (
     MotionClass("moving left", dx=-0.3),
-    MotionClass("moving right", dx=0.3),
+    MotionClass("moving right", reverse_of="moving left"),
     MotionClass("moving up", dy=-0.3),
-    MotionClass("moving down", dy=0.3),
+    MotionClass("moving down", reverse_of="moving up"),
     MotionClass("rotating clockwise", turns=0.5),
-    MotionClass("rotating counterclockwise", turns=-0.5),
+    MotionClass("rotating counterclockwise", reverse_of="rotating clockwise"),
     MotionClass("growing", growth=2.2),
-    MotionClass("shrinking", growth=1 / 2.2),
+    MotionClass("shrinking", reverse_of="growing"),
     MotionClass("shaking", shake=0.08),
     MotionClass("standing still"),
 )
+MOTION_INDEX: dict[str, int] = {m.name: i for i, m in enumerate(MOTIONS)}
+# (forward class, its time reversal), in MOTIONS order.
+PAIRS: tuple[tuple[str, str], ...] = tuple((m.reverse_of, m.name) for m in MOTIONS if m.reverse_of is not None)
+BACKGROUNDS = ("texture", "plain")
 
 # Hand-written visual descriptions, the same kind of text `lss describe` asks an LLM for.
 DESCRIPTIONS: dict[str, list[str]] = {
@@ -99,17 +120,43 @@ DESCRIPTIONS: dict[str, list[str]] = {
 }
 
 SHAPES = ("triangle", "arrow", "ell", "tee", "bar")
+# The "plain" world, shared with the captioned stills the tiny CLIP is pretrained on
+# (lss_cli/data/stills.py): saturated named colours on a dark grey background, so an object
+# stands out by content and a tiny ViT learns where it is quickly.
+WORLD_COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.85, 0.1, 0.1), "green": (0.1, 0.7, 0.15), "blue": (0.15, 0.25, 0.9), "yellow": (0.95, 0.85, 0.1),
+    "cyan": (0.1, 0.8, 0.85), "magenta": (0.85, 0.15, 0.8), "orange": (0.95, 0.5, 0.05), "purple": (0.5, 0.1, 0.75),
+}
+PLAIN_GREY = (0.05, 0.3)  # range of the plain background's grey level
+COLOUR_JITTER = 0.08  # std of the per-object jitter around its named colour
+
+
+def world_colour(index: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """[N, 3] jittered named colours for colour indices [N]."""
+    palette = torch.tensor(list(WORLD_COLOURS.values()))  # [C, 3]
+    return (palette[index] + COLOUR_JITTER * torch.randn(len(index), 3, generator=g)).clamp(0, 1)
+
+
+def plain_grey(n: int, g: torch.Generator) -> torch.Tensor:
+    """[N] grey levels of plain backgrounds."""
+    return PLAIN_GREY[0] + (PLAIN_GREY[1] - PLAIN_GREY[0]) * torch.rand(n, generator=g)
 
 
 @dataclass(frozen=True)
 class SynthSpec:
     classes: int = 8  # how many motion classes (the first N of MOTIONS)
     videos_per_class: int = 12  # clips per class
-    frames: int = 16  # frames per clip
+    frames: int = 16  # frames per clip, n; eval's frames floor((i + 1/2) * n / T) map onto themselves under time reversal only when n / T is an odd integer (n = 8 or 24 for T = 8, not 16), so only then does a reversed clip give exactly the reversed eval view
     size: int = 112  # square frame size in pixels (even, for yuv420p)
     fps: float = 8.0  # frame rate written into the file
     test_fraction: float = 0.25  # share of each class's clips listed in test.txt
-    seed: int = 0
+    seed: int = 0  # same seed, same clips
+    background: str = "texture"  # texture: smooth random texture, any object colour; plain: the stills' world (dark grey, named colours)
+
+    @property
+    def test_count(self) -> int:
+        """Test clips per class (the last ones of each class)."""
+        return max(1, round(self.videos_per_class * self.test_fraction))
 
     def validate(self) -> None:
         if not 2 <= self.classes <= len(MOTIONS):
@@ -124,9 +171,21 @@ class SynthSpec:
             raise ConfigError("--fps must be > 0")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError("test fraction must be in (0, 1)")
+        if self.background not in BACKGROUNDS:
+            raise ConfigError(f"--background must be one of {', '.join(BACKGROUNDS)}, got {self.background!r}",
+                              hint="plain: a uniform background per clip (easy to learn); texture: a smooth random texture")
 
 
-def _shape_mask(shape: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def benchmark_spec(classes: int = 8, videos_per_class: int = 24, seed: int = 0) -> SynthSpec:
+    """The learning benchmark of `lss demo` (and of `lss train` on a missing synthetic root): the
+    pretrained tiny CLIP's world (plain, 64 px) with 24 frames, so that eval's 8 frames at
+    floor((i + 1/2) * 24 / 8) = 1, 4, ..., 22 map onto themselves under time reversal (24 / 8 is
+    odd) and a clip and its reversed mate give exactly the same view."""
+    return SynthSpec(classes=classes, videos_per_class=videos_per_class, frames=24, size=64, background="plain",
+                     seed=seed)
+
+
+def shape_mask(shape: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Inside-test in object coordinates (u right, v down, unit half-size). No rotational symmetry
     below 180 degrees, so rotation is visible."""
     if shape == "triangle":  # apex up, base at the bottom, off-centre mass
@@ -144,8 +203,11 @@ def _shape_mask(shape: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     raise ValueError(shape)
 
 
-def _background(size: int, g: torch.Generator) -> torch.Tensor:
-    """A smooth random texture `[3, S, S]` in [0, 1]: low-res noise upsampled, random palette."""
+def _background(kind: str, size: int, g: torch.Generator) -> torch.Tensor:
+    """`[3, S, S]` in [0, 1]: a smooth random texture (low-res noise upsampled, random palette), or
+    for "plain" one dark grey level (the pretrained tiny CLIP's world)."""
+    if kind == "plain":
+        return plain_grey(1, g).view(1, 1, 1).expand(3, size, size)
     cells = int(torch.randint(3, 9, (1,), generator=g))
     noise = torch.rand(1, 3, cells, cells, generator=g)
     tex = torch.nn.functional.interpolate(noise, size=(size, size), mode="bicubic", align_corners=False)[0]
@@ -155,11 +217,21 @@ def _background(size: int, g: torch.Generator) -> torch.Tensor:
 
 
 def render_clip(motion: MotionClass, spec: SynthSpec, g: torch.Generator) -> torch.Tensor:
-    """One clip, uint8 `[T, 3, S, S]`. Every random draw below is the same for all classes."""
+    """One clip, uint8 `[T, 3, S, S]`. A reversed class renders its mate's clip with the same
+    generator, then flips the time axis, so the two share every frame."""
+    if motion.reverse_of is not None:
+        return _render_forward(MOTIONS[MOTION_INDEX[motion.reverse_of]], spec, g).flip(0)
+    return _render_forward(motion, spec, g)
+
+
+def _render_forward(motion: MotionClass, spec: SynthSpec, g: torch.Generator) -> torch.Tensor:
+    """uint8 `[T, 3, S, S]`. Every random draw below is the same for all classes."""
     S, T = spec.size, spec.frames
     shape = SHAPES[int(torch.randint(len(SHAPES), (1,), generator=g))]
-    colour = torch.rand(3, generator=g)
-    bg = _background(S, g)
+    # Plain world: a named colour, as in the stills; texture world: any colour.
+    colour = (world_colour(torch.randint(len(WORLD_COLOURS), (1,), generator=g), g)[0]
+              if spec.background == "plain" else torch.rand(3, generator=g))
+    bg = _background(spec.background, S, g)
     x0, y0 = (0.35 + 0.3 * torch.rand(2, generator=g)).tolist()  # start centre, fractions of the frame
     r0 = float(0.10 + 0.06 * torch.rand(1, generator=g))  # start half-size, fraction of the frame
     a0 = float(2 * math.pi * torch.rand(1, generator=g))  # start orientation
@@ -182,7 +254,7 @@ def render_clip(motion: MotionClass, spec: SynthSpec, g: torch.Generator) -> tor
     # Inverse rotation into object coordinates, then scale to unit half-size.
     u = (cos * dx + sin * dy) / radius[:, None, None]
     v = (-sin * dx + cos * dy) / radius[:, None, None]
-    mask = _shape_mask(shape, u, v).float()[:, None]  # [T, 1, S, S]
+    mask = shape_mask(shape, u, v).float()[:, None]  # [T, 1, S, S]
 
     frames = bg[None] * (1 - mask) + colour[:, None, None][None] * mask  # [T, 3, S, S]
     # Mild sensor noise so no two frames are pixel-identical (as in real video).
@@ -193,12 +265,21 @@ def render_clip(motion: MotionClass, spec: SynthSpec, g: torch.Generator) -> tor
 
 def clip_generator(spec: SynthSpec, class_idx: int, video_idx: int) -> torch.Generator:
     """Per-clip generator, independent of generation order. The class index is deliberately *not*
-    mixed into the distractor draws' distribution, only into the seed, so statistics match."""
-    return torch.Generator().manual_seed(spec.seed * 1_000_003 + class_idx * 10_007 + video_idx)
+    mixed into the distractor draws' distribution, only into the seed, so statistics match. A
+    reversed class (MOTIONS[class_idx]) gets its mate's generator: its clip i is its mate's, reversed."""
+    mate = MOTIONS[class_idx].reverse_of
+    source = MOTION_INDEX[mate] if mate is not None else class_idx
+    return torch.Generator().manual_seed(spec.seed * 1_000_003 + source * 10_007 + video_idx)
+
+
+def pairs_among(names: list[str]) -> list[tuple[str, str]]:
+    """The PAIRS whose two members are both among `names`."""
+    return [p for p in PAIRS if p[0] in names and p[1] in names]
 
 
 def generate(out_dir: str | Path, spec: SynthSpec) -> dict:
-    """Write the dataset: videos/<class>/<i>.mp4, classes.txt, train.txt, test.txt, descriptions.jsonl.
+    """Write the dataset: videos/<class>/<i>.mp4, classes.txt, train.txt, test.txt, descriptions.jsonl,
+    pairs.txt (time-reversal pairs among the classes: `first<TAB>second` per line) and synth.json.
 
     Returns a summary dict. Deterministic for a seed.
     """
@@ -207,7 +288,7 @@ def generate(out_dir: str | Path, spec: SynthSpec) -> dict:
     spec.validate()
     out = Path(out_dir)
     motions = MOTIONS[: spec.classes]
-    n_test = max(1, round(spec.videos_per_class * spec.test_fraction))
+    n_test = spec.test_count
     train, test = [], []
     for c, motion in enumerate(motions):
         folder = out / "videos" / motion.name.replace(" ", "_")
@@ -216,8 +297,12 @@ def generate(out_dir: str | Path, spec: SynthSpec) -> dict:
             rel = f"videos/{folder.name}/{folder.name}_{i:03d}.mp4"
             frames = render_clip(motion, spec, clip_generator(spec, c, i))
             encode_video(frames, out / rel, fps=spec.fps)
+            # The split depends on i alone, so clip i and its reversal land in the same split.
             (test if i >= spec.videos_per_class - n_test else train).append(f"{rel} {c}")
-    (out / "classes.txt").write_text("".join(m.name + "\n" for m in motions))
+    names = [m.name for m in motions]
+    pairs = pairs_among(names)
+    (out / "classes.txt").write_text("".join(name + "\n" for name in names))
+    (out / "pairs.txt").write_text("".join(f"{a}\t{b}\n" for a, b in pairs))
     (out / "train.txt").write_text("".join(line + "\n" for line in train))
     (out / "test.txt").write_text("".join(line + "\n" for line in test))
     write_records(out / "descriptions.jsonl", [
@@ -225,8 +310,9 @@ def generate(out_dir: str | Path, spec: SynthSpec) -> dict:
         for m in motions
     ])
     summary = {
-        "root": str(out), "classes": [m.name for m in motions], "train": len(train), "test": len(test),
+        "root": str(out), "classes": names, "train": len(train), "test": len(test),
         "frames": spec.frames, "size": spec.size, "fps": spec.fps, "seed": spec.seed,
+        "background": spec.background, "pairs": [list(p) for p in pairs],
     }
     (out / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

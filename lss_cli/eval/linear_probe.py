@@ -23,6 +23,7 @@ class ProbeResult:
     l2: float  # chosen strength
     val_curve: dict[float, float] = field(default_factory=dict)  # strength -> validation accuracy
     predictions: torch.Tensor | None = None  # [N_test] predicted class
+    logits: torch.Tensor | None = None  # [N_test, K] float64 test-set class scores (argmax = predictions)
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float,
@@ -44,8 +45,13 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float,
     return w.detach(), b.detach()
 
 
+def logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x [N, D] -> class scores [N, K] (float64)."""
+    return x.double() @ w + b
+
+
 def predict(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (x.double() @ w + b).argmax(1)
+    return logits(x, w, b).argmax(1)
 
 
 def stratified_holdout(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,5 +106,6 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     l2, curve = choose_l2(train_x, train_y, num_classes, val_fraction=val_fraction, seed=seed)
     xtr, xte = _standardise(train_x, test_x)
     w, b = fit_logistic(xtr, train_y, num_classes, l2)
-    pred = predict(xte, w, b)
-    return ProbeResult(top1=_accuracy(pred, test_y), l2=l2, val_curve=curve, predictions=pred)
+    scores = logits(xte, w, b)  # [N_test, K]
+    pred = scores.argmax(1)
+    return ProbeResult(top1=_accuracy(pred, test_y), l2=l2, val_curve=curve, predictions=pred, logits=scores)

@@ -44,3 +44,21 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return mean, std
+
+
+def direction_accuracy(scores: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor,
+                       mates: torch.Tensor) -> tuple[float, int]:
+    """Of the videos whose class has a time-reversal mate, the share whose class scores strictly
+    above the mate (a tie is not a decision); unreadable videos (ok False) count as wrong.
+
+    scores [N, K], labels [N], ok [N] bool, mates [K] (mate class per class, -1 for none)
+    -> (accuracy, number of videos with a mate); accuracy is nan when no video has one."""
+    mate = mates[labels]  # [N]
+    has = mate >= 0
+    rows = torch.nonzero(has).flatten()
+    if len(rows) == 0:
+        return float("nan"), 0
+    own = scores[rows, labels[rows]]
+    other = scores[rows, mate[rows]]
+    correct = (own > other) & ok[rows]
+    return float(correct.double().mean()), len(rows)

@@ -7,6 +7,9 @@ Linear probe: frozen features, logistic regression with L2 chosen on a held-out 
 split's train set (`lss_cli.eval.linear_probe`). In both, an unreadable test video counts as an
 error and is listed; nothing is dropped silently. Unreadable train videos cannot be fitted on:
 they are left out of the fit and listed.
+Direction accuracy, when time-reversal class pairs are in effect (`lss_cli.eval.pairs`): of the
+test videos whose class has a mate, the share scoring their class strictly above the mate, with
+the same scores as top-1 (zero-shot: view-averaged probabilities; probe: its logits).
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from lss_cli.errors import ConfigError, LssError
 from lss_cli.eval.features import Features, Views, extract_features
 from lss_cli.eval.metrics import (
     confusion_matrix,
+    direction_accuracy,
     mean_std,
     per_class_accuracy,
     topk_correct,
     view_averaged_probs,
 )
+from lss_cli.eval.pairs import ClassPairs, mate_indices, pairs_path, read_pairs
 
 SPLIT_DATASETS = ("ucf101", "hmdb51", "kinetics600-zs")  # datasets with official numbered splits
 
@@ -40,6 +45,7 @@ class EvalContext:
     cache_dir: Path | None
     views: Views
     classifiers: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)  # class names -> [K, D]
+    pairs: ClassPairs | None = None  # time-reversal class pairs in effect (`check_pairs`); None = no direction accuracy
 
 
 def split_names(cfg: EvalConfig) -> list[str]:
@@ -64,6 +70,18 @@ def check_protocol(cfg: EvalConfig, protocol: str) -> None:
             f"--list-file {cfg.list_file} gives the test videos"
         raise ConfigError(f"{what}; a linear probe also needs separate training videos",
                           hint="add --train-list TRAIN.txt (labelled with the same classes)")
+
+
+def check_pairs(cfg: EvalConfig) -> ClassPairs | None:
+    """The time-reversal pairs in effect (`EvalConfig.pairs`, else a synthetic root's pairs.txt),
+    checked against every split's test classes before any model is loaded or video decoded."""
+    path = pairs_path(cfg.dataset, cfg.root, cfg.pairs)
+    if path is None:
+        return None
+    pairs = read_pairs(path)
+    for split in split_names(cfg):
+        mate_indices(pairs, load_split(cfg, split, "test").classes, f"split {split}")
+    return pairs
 
 
 def load_split(cfg: EvalConfig, split: str, part: str):
@@ -130,6 +148,16 @@ def _split_record(split: str, videos, feats: Features, pred: torch.Tensor, corre
     }
 
 
+def _direction(ctx: EvalContext, videos, scores: torch.Tensor, ok: torch.Tensor) -> dict[str, Any]:
+    """direction_accuracy / direction_videos of one split from its test scores [N, K]; nothing
+    when no pairs are in effect. The accuracy is None when no test video's class has a mate."""
+    if ctx.pairs is None:
+        return {}
+    mates = mate_indices(ctx.pairs, videos.classes, videos.source)  # [K]
+    acc, count = direction_accuracy(scores, torch.as_tensor(videos.labels), ok, mates)
+    return {"direction_accuracy": acc if count else None, "direction_videos": count}
+
+
 def zero_shot_split(ctx: EvalContext, split: str) -> dict[str, Any]:
     """Zero-shot on one split's test videos: view-averaged softmax over the class names."""
     from lss_cli.concepts import build_category_bank, load_templates
@@ -148,7 +176,8 @@ def zero_shot_split(ctx: EvalContext, split: str) -> dict[str, Any]:
     top5 = topk_correct(probs, labels, feats.ok, 5)
     pred = torch.where(feats.ok, probs.argmax(1), torch.full_like(labels, -1))
     return _split_record(split, videos, feats, pred, top1,
-                         {"top5": float(top5.double().mean()), "logit_scale": logit_scale, "predictions": pred.tolist()})
+                         {"top5": float(top5.double().mean()), **_direction(ctx, videos, probs, feats.ok),
+                          "logit_scale": logit_scale, "predictions": pred.tolist()})
 
 
 def linear_probe_split(ctx: EvalContext, split: str) -> dict[str, Any]:
@@ -175,6 +204,7 @@ def linear_probe_split(ctx: EvalContext, split: str) -> dict[str, Any]:
     pred = torch.where(fte.ok, result.predictions, torch.full_like(yte, -1))
     correct = (pred == yte) & fte.ok
     return _split_record(split, test, fte, pred, correct, {
+        **_direction(ctx, test, result.logits, fte.ok),
         "l2": result.l2, "val_curve": {str(k): v for k, v in result.val_curve.items()},
         "features": kind, "train_videos_listed": len(train), "train_videos_used": int(fit.sum()),
         "train_videos_decoded": ftr.decoded, "train_unreadable": _unreadable(train, ftr),
@@ -200,6 +230,12 @@ def _protocol_details(ctx: EvalContext, protocol: str) -> dict[str, Any]:
         details.update(aggregation="features averaged over views", features=ctx.cfg.features,
                        classifier="multinomial logistic regression (L-BFGS); L2 chosen on 20% of train "
                                   "held out per class, then refit on all of train")
+    if ctx.pairs is not None:
+        scores = "view-averaged probabilities" if protocol == "zero-shot" else "probe logits"
+        details["direction"] = {
+            "definition": "test videos whose class has a time-reversal mate; correct when the class scores "
+                          f"strictly above its mate ({scores}); unreadable videos count as wrong",
+            **ctx.pairs.to_dict()}
     return details
 
 
@@ -209,8 +245,8 @@ def run_protocol(ctx: EvalContext, protocol: str) -> dict[str, Any]:
     run = zero_shot_split if protocol == "zero-shot" else linear_probe_split
     splits = [run(ctx, s) for s in split_names(ctx.cfg)]
     summary = {}
-    for metric in ("top1", "top5"):
-        values = [s[metric] for s in splits if metric in s]
+    for metric in ("top1", "top5", "direction_accuracy"):
+        values = [s[metric] for s in splits if s.get(metric) is not None]
         if values:
             mean, std = mean_std(values)
             summary[metric] = {"mean": mean, "std": std}

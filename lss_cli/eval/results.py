@@ -1,8 +1,9 @@
 """Running an evaluation end to end, and writing what it found: results.json, table, plots.
 
 results.json records the checkpoint, the model id, the resolved config, the protocol and views,
-per-split numbers (top-1, top-5, per-class accuracy, confusion matrix, predictions), the number of
-videos listed / evaluated / unreadable with every unreadable path and reason, versions and timing.
+per-split numbers (top-1, top-5, direction accuracy when time-reversal class pairs are in effect,
+per-class accuracy, confusion matrix, predictions), the number of videos listed / evaluated /
+unreadable with every unreadable path and reason, versions and timing.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ def evaluate(cfg: EvalConfig, protocol: str, *, output_dir: str | Path | None = 
     import torch
 
     from lss_cli.eval.features import Views
-    from lss_cli.eval.protocols import EvalContext, check_protocol, run_protocol
+    from lss_cli.eval.protocols import EvalContext, check_pairs, check_protocol, run_protocol
     from lss_cli.models.export import load_video_model
     from lss_cli.runtime.device import resolve_device
     from lss_cli.runtime.dist import barrier, cleanup, init_distributed
 
     check_protocol(cfg, protocol)
+    pairs = check_pairs(cfg)
     device = resolve_device(cfg.device)
     dist = init_distributed(device.type)
     if dist.distributed and device.type == "cuda":
@@ -46,7 +48,7 @@ def evaluate(cfg: EvalConfig, protocol: str, *, output_dir: str | Path | None = 
         model = load_video_model(cfg.checkpoint, model=cfg.model, pretrained=cfg.pretrained, device=device,
                                  seed=cfg.seed)
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE_DIR
-        ctx = EvalContext(cfg, model, device, cache_dir, Views(cfg.num_frames, cfg.num_clips, cfg.num_crops))
+        ctx = EvalContext(cfg, model, device, cache_dir, Views(cfg.num_frames, cfg.num_clips, cfg.num_crops), pairs=pairs)
         results = run_protocol(ctx, protocol)
         results["environment"] = {**environment(str(device)), "world_size": dist.world_size}
         results_path = out or run_dir / "results.json"

@@ -30,6 +30,13 @@ open_clip.add_model_config(CONFIG_DIR)
 
 TINY_MODEL = "lss-tiny"
 LOCAL_DIR = "local-dir:"
+# Weights shipped with the package: (model, tag) -> file. `lss pretrain-tiny` made this one (its
+# command line and report are in the file's metadata); see lss_cli/models/pretrain.py.
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+BUILTIN_WEIGHTS = {(TINY_MODEL, "synthetic-world"): WEIGHTS_DIR / "lss-tiny-synthetic-world.safetensors"}
+# Compact weights files store only the token-embedding rows a small model knows, plus their ids.
+VOCAB_KEY = "token_embedding.weight"
+ROWS_KEY = "token_embedding.rows"
 
 
 @dataclass
@@ -70,6 +77,8 @@ def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str]:
                           + f"open_clip.list_models() lists them; {TINY_MODEL!r} is the tiny CPU model")
     if pretrained is None or pretrained.lower() in ("none", "random"):
         return name, None, "random-init"
+    if (name, pretrained) in BUILTIN_WEIGHTS:
+        return name, str(BUILTIN_WEIGHTS[name, pretrained]), f"{pretrained}:sha256:{file_sha256(BUILTIN_WEIGHTS[name, pretrained])}"
     path = Path(pretrained).expanduser()
     if path.suffix in (".safetensors", ".bin", ".pt", ".pth") or os.sep in pretrained:
         if not path.is_file():
@@ -103,10 +112,13 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", device:
     if weights_id == "random-init":
         torch.manual_seed(seed)  # random init is reproducible per seed
         weights_id = f"random-init(seed={seed})"
+    compact = oc_pretrained is not None and _is_compact(oc_pretrained)
     try:
         with _quiet_logging():  # open_clip/huggingface_hub log every retry; our error says it once
-            model = open_clip.create_model(oc_name, pretrained=oc_pretrained, precision=precision, device=device,
-                                           force_image_size=image_size)
+            model = open_clip.create_model(oc_name, pretrained=None if compact else oc_pretrained,
+                                           precision=precision, device=device, force_image_size=image_size)
+        if compact:
+            _load_compact(model, oc_pretrained)
     except RuntimeError as e:
         if "download" in str(e).lower() or "hub" in str(e).lower():
             raise LssError(
@@ -125,6 +137,55 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", device:
         mean=tuple(pp["mean"]), std=tuple(pp["std"]), image_size=int(size),
         context_length=int(getattr(model, "context_length", 77)),
     )
+
+
+def _is_compact(path: str) -> bool:
+    """A safetensors file written by `save_compact` (only the known token rows)."""
+    if not path.endswith(".safetensors"):
+        return False
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return ROWS_KEY in f.keys()
+
+
+def _load_compact(model: torch.nn.Module, path: str) -> None:
+    from safetensors.torch import load_file
+
+    state = expand_state(load_file(path), vocab_size=model.token_embedding.weight.shape[0])
+    model.load_state_dict(state)
+
+
+def compact_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with only the non-zero rows of the token embedding, and their ids."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    table = state.pop(VOCAB_KEY)  # [V, D]
+    rows = torch.nonzero(table.abs().sum(1) > 0).flatten()  # [R]
+    state[VOCAB_KEY] = table[rows].contiguous()  # [R, D]
+    state[ROWS_KEY] = rows
+    return state
+
+
+def expand_state(state: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
+    """Inverse of `compact_state`: a full open_clip state dict (zero rows for unknown tokens)."""
+    state = dict(state)
+    rows, stored = state.pop(ROWS_KEY), state.pop(VOCAB_KEY)
+    table = torch.zeros(vocab_size, stored.shape[1], dtype=stored.dtype)
+    table[rows] = stored
+    state[VOCAB_KEY] = table
+    return state
+
+
+def save_compact(model: torch.nn.Module, path: str | Path, metadata: dict[str, str]) -> None:
+    """Write a model whose unknown token rows are zero as a compact safetensors file."""
+    from safetensors.torch import save_file
+
+    save_file(compact_state(model), str(path), metadata=metadata)
+
+
+def clip_loss() -> torch.nn.Module:
+    """open_clip's contrastive loss (symmetric InfoNCE over a batch of image-text pairs), one process."""
+    return open_clip.ClipLoss()
 
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:
