@@ -27,7 +27,8 @@ def pretrain_tiny(
 
     Prints zero-shot accuracy per attribute (position, size, shape, colour, pointing) on held-out
     stills against chance. The package ships the result of the defaults as
-    `--pretrained synthetic-world` of `lss-tiny`; this command remakes it (seeded, CPU).
+    `--pretrained synthetic-world` of `lss-tiny`; this command remakes it (seeded, CPU; bit for
+    bit with OMP_NUM_THREADS=1, the thread count it was made with). A report goes to `<out>.json`.
 
     Examples:
 
