@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lss_cli.data.augment import normalize
 from lss_cli.data.stills import attribute_prompts, attribute_values, draw_stills, world_vocabulary
 from lss_cli.models.clip import Clip, clip_loss, load_clip, save_compact
 
@@ -89,12 +90,6 @@ def _lr_at(step: int, s: PretrainSettings) -> float:
     return s.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _normalise(images: torch.Tensor, clip: Clip) -> torch.Tensor:
-    mean = torch.tensor(clip.mean)[:, None, None]
-    std = torch.tensor(clip.std)[:, None, None]
-    return (images.float() / 255 - mean) / std  # [N, 3, S, S]
-
-
 def pretrain(s: PretrainSettings, log: Callable[[str], None] | None = None) -> tuple[Clip, dict[str, Any]]:
     """Train; returns the model (eval mode) and a report (settings, loss curve, attribute check)."""
     if log is None:
@@ -112,7 +107,7 @@ def pretrain(s: PretrainSettings, log: Callable[[str], None] | None = None) -> t
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, s) * group["lr_scale"]
         batch = draw_stills(s.batch_size, clip.image_size, g)
-        image_features, text_features, logit_scale = model(_normalise(batch.images, clip),
+        image_features, text_features, logit_scale = model(normalize(batch.images.float() / 255, clip.mean, clip.std),
                                                            clip.tokenizer(batch.captions))[:3]
         loss = loss_fn(image_features, text_features, logit_scale)
         opt.zero_grad(set_to_none=True)
@@ -135,7 +130,7 @@ def attribute_accuracy(clip: Clip, n: int, seed: int) -> dict[str, dict[str, flo
     """Zero-shot accuracy per attribute on n held-out stills: the "knows its words" check."""
     model = clip.model.eval()
     batch = draw_stills(n, clip.image_size, torch.Generator().manual_seed(seed))
-    img = F.normalize(model.encode_image(_normalise(batch.images, clip)), dim=-1)  # [N, D]
+    img = F.normalize(model.encode_image(normalize(batch.images.float() / 255, clip.mean, clip.std)), dim=-1)  # [N, D]
     result = {}
     for name, prompts in attribute_prompts().items():
         txt = F.normalize(model.encode_text(clip.tokenizer(prompts)), dim=-1)  # [A, D]
