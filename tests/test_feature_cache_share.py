@@ -130,11 +130,18 @@ def test_merging_partial_files_keeps_what_another_process_saved(tmp_path):
     assert not list(tmp_path.glob("*.partial.*"))
 
 
-# ---- two real processes saving concurrently ----------------------------------------------------
+# ---- real processes saving concurrently --------------------------------------------------------
 
-# Adds `rounds` x `per_round` entries of its own, saving after each round; starts when `go` exists,
-# so both processes save at the same time.
-_WRITER = """
+# Each round opens the cache afresh (an eval starting while the others save: that first read takes
+# no lock), checks every entry it read, adds `per_round` entries of its own and saves; starts when
+# `go` exists, so the processes save at the same time. Every value names its video (`_VALUE`), so an
+# entry read from another version of the file, or from another row, is caught where it is read.
+_VALUE = """
+def value(video):  # /v/<name>-<round>-<j>.mp4 -> a number no other video has
+    name, r, j = video[3:-4].split("-")
+    return float(ord(name) * 10000 + int(r) * 100 + int(j) + 1)
+"""
+_WRITER = _VALUE + """
 import os, sys, time, json
 from pathlib import Path
 import torch
@@ -143,33 +150,42 @@ cache_dir, name, rounds, per_round, key = sys.argv[1], sys.argv[2], int(sys.argv
 Path(cache_dir, "ready-" + name).touch()
 while not Path(cache_dir, "go").exists():
     time.sleep(0.005)
-cache = FeatureCache(cache_dir, key)
 for r in range(rounds):
+    cache = FeatureCache(cache_dir, key)
+    wrong = {v: e[1].unique().tolist() for v, e in cache.entries.items() if not bool((e[1] == value(v)).all())}
+    assert not wrong, f"round {r} read {len(wrong)} wrong entries of {len(cache.entries)}: {sorted(wrong.items())[:5]}"
     for j in range(per_round):
-        cache.add(f"/v/{name}-{r}-{j}.mp4", torch.full((3, 256), float(r * per_round + j)), True, "")
+        video = f"/v/{name}-{r}-{j}.mp4"
+        cache.add(video, torch.full((3, 256), value(video)), True, "")
     cache.save()
 """
 
 
-def test_two_processes_saving_concurrently_keep_every_entry(tmp_path):
-    rounds, per_round = 60, 8
+def test_processes_saving_concurrently_keep_every_entry_exactly(tmp_path):
+    names, rounds, per_round = "abc", 40, 3
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), name, str(rounds), str(per_round),
-                               json.dumps(KEY)], env=env, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+                               json.dumps(KEY)], env=env, stderr=subprocess.PIPE, text=True) for name in names]
     try:
         deadline = time.monotonic() + 60
-        while not all((tmp_path / f"ready-{n}").exists() for n in "ab") and time.monotonic() < deadline:
+        while not all((tmp_path / f"ready-{n}").exists() for n in names) and time.monotonic() < deadline:
             assert all(p.poll() is None for p in procs), [p.communicate()[1] for p in procs]
             time.sleep(0.01)
         (tmp_path / "go").touch()
-        for p in procs:
-            assert p.wait(timeout=60) == 0, p.communicate()[1]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(e[-2000:] for e in errors)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    got = _on_disk(FeatureCache(tmp_path, KEY))
-    want = {f"/v/{n}-{r}-{j}.mp4": float(r * per_round + j) for n in "ab" for r in range(rounds) for j in range(per_round)}
+    namespace: dict = {}
+    exec(_VALUE, namespace)
+    with safe_open(str(FeatureCache(tmp_path, KEY).path), framework="pt") as f:
+        rows = json.loads(f.metadata()["rows"])
+        feats = f.get_tensor("feats")  # [n, V, D]
+    got = {video: feats[i].unique().tolist() for i, (video, _, _) in enumerate(rows)}  # every element, not one
+    want = {f"/v/{n}-{r}-{j}.mp4": [namespace["value"](f"/v/{n}-{r}-{j}.mp4")]
+            for n in names for r in range(rounds) for j in range(per_round)}
     assert got == want
 
 

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load, save_file
 
 CACHE_VERSION = 1  # bump when the feature computation changes
 # A temp file of a killed writer is removed once it is this old (and its pid is gone): see
@@ -45,10 +44,39 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
     """Identifies one version of a cache file: an os.replace gives the path a new inode and mtime.
     None when there is no file."""
     try:
-        st = os.stat(path)
+        return _stat_signature(os.stat(path))
     except FileNotFoundError:
         return None
+
+
+def _stat_signature(st: os.stat_result) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _read_version(path: Path) -> tuple[tuple[int, int, int], bytes] | None:
+    """The signature and the bytes of the version of `path` there now, both through one descriptor:
+    a file another process puts in its place meanwhile is a new inode, which this open does not
+    see. None when there is no file."""
+    try:
+        with open(path, "rb") as f:
+            return _stat_signature(os.fstat(f.fileno())), f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _parse(data: bytes) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """(rows [[video, stamp, error]], feats [n, V, D], ok [n]) of a cache file's bytes. Parsed in
+    memory rather than with safe_open, which reads the header through its own open of the path and
+    has torch open the path again, by name, for the tensor bytes: a save of another process between
+    the two paired one version's rows and offsets with another version's bytes (other videos'
+    features, or header text read as floats)."""
+    tensors = load(data)  # checks the header: the offsets lie inside the data
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])  # u64 length, then the JSON header
+    rows = json.loads((header.get("__metadata__") or {})["rows"])
+    feats, ok = tensors["feats"], tensors["ok"]  # [n, V, D], [n]
+    if len(rows) != len(feats) or len(rows) != len(ok):
+        raise ValueError(f"{len(rows)} rows for {len(feats)} feature rows")
+    return rows, feats, ok
 
 
 @contextmanager
@@ -124,26 +152,20 @@ class FeatureCache:
     def _load(self, path: Path) -> tuple[list, torch.Tensor, torch.Tensor] | None:
         """(rows [[video, stamp, error]], feats [n, V, D], ok [n]) of a cache file; None when it is
         missing or damaged (with a warning: it is replaced on save), never fatal. Remembers the
-        version read (its signature taken before reading: if the file is replaced meanwhile, the
-        next save reads it again rather than trusting what it has)."""
-        self._seen[path] = _signature(path)
-        if self._seen[path] is None:
-            return None
+        version read, so a save reads the file again only once another process has replaced it.
+        The read at open takes no lock (it does not wait for another process's save): one open
+        descriptor keeps the whole read on one version of the file (`_read_version`)."""
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                feats, ok = f.get_tensor("feats"), f.get_tensor("ok")  # [n, V, D], [n]
-            rows = json.loads(meta["rows"])
-            if len(rows) != len(feats) or len(rows) != len(ok):
-                raise ValueError(f"{len(rows)} rows for {len(feats)} feature rows")
-        except FileNotFoundError:  # replaced between the stat and the open: the new one is read on save
-            return None
+            version = _read_version(path)
+            self._seen[path] = None if version is None else version[0]
+            if version is None:
+                return None
+            return _parse(version[1])
         except Exception as e:  # noqa: BLE001 - any damage means: recompute
             from lss_cli.runtime.progress import warn
 
             warn(f"ignoring the unreadable feature cache {path} ({type(e).__name__}: {e}); it will be rebuilt")
             return None
-        return rows, feats, ok
 
     def _read(self, path: Path) -> None:
         """Load every entry of `path`, replacing those held."""
