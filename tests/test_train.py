@@ -126,7 +126,10 @@ def test_resume_after_sigkill_is_exact(tmp_path, small_data):
     _assert_checkpoints_whole(run)
 
 
-def test_ctrl_c_saves_and_exits_130(tmp_path, small_data):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1], ids=lambda s: s.name)
+def test_stop_signal_saves_and_exits_130(tmp_path, small_data, signum):
+    """Ctrl-C, a scheduler's SIGTERM and SLURM's pre-time-limit SIGUSR1: the step finishes, a
+    checkpoint at the last logged step is saved, the run says so and exits 130."""
     run = tmp_path / "interrupted"
     proc = subprocess.Popen([sys.executable, "-m", "lss_cli", "train", *_small(small_data, **{"optim.epochs": "20"}),
                              "--output-dir", str(run)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -137,9 +140,10 @@ def test_ctrl_c_saves_and_exits_130(tmp_path, small_data):
         if path.is_file() and len(path.read_text().splitlines()) >= 3:
             break
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
+    assert f"{signum.name}: stopped at step" in err and "--resume" in err
     from lss_cli.train.checkpoint import load_checkpoint
 
     last = load_checkpoint(run)

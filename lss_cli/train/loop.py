@@ -15,7 +15,8 @@ import copy
 import math
 import signal
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,6 +352,33 @@ def _resume(t: Trainer) -> None:
     log(f"resumed from {ckpt_path} (step {t.step})")
 
 
+# Ctrl-C, a scheduler's stop (SLURM, Kubernetes, torchrun shutting down) and SLURM's warning before
+# a time limit (`--signal=USR1@120`): each finishes the step, saves a checkpoint and exits 130.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
+
+
+@contextmanager
+def _stop_on_signals(t: Trainer) -> Iterator[None]:
+    """Turn the stop signals into `t.stop_requested` (checked after every step) while training
+    runs, and say what happened once the run has stopped (not from the handler: it may interrupt
+    the progress bar mid-print)."""
+    received: list[str] = []
+
+    def request_stop(signum, frame):
+        received.append(signal.Signals(signum).name)
+        t.stop_requested = True
+
+    previous = {name: signal.signal(getattr(signal, name), request_stop)
+                for name in STOP_SIGNALS if hasattr(signal, name)}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+        if received:
+            log(f"{received[0]}: stopped at step {t.step}, checkpoint saved; continue with --resume")
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) LSS training. Returns a summary for the CLI to render."""
     t = setup(cfg)
@@ -362,11 +390,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             t.metrics = MetricsWriter(t.run_dir / "metrics.jsonl", tensorboard=cfg.log.tensorboard)
             for k, v in t.header.items():
                 log(f"[bold]{k:>8}[/bold]  {v}")
-        previous = signal.signal(signal.SIGINT, lambda *_: setattr(t, "stop_requested", True))
-        try:
+        with _stop_on_signals(t):
             run_epochs(t)
-        finally:
-            signal.signal(signal.SIGINT, previous)
         return {"is_main": t.dist.is_main, "run_dir": str(t.run_dir), "steps": t.step,
                 "skipped_videos": t.loader.skipped_total,
                 "checkpoint": str(latest_checkpoint(t.run_dir / "checkpoints"))}
