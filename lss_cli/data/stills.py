@@ -21,7 +21,6 @@ import torch
 
 from lss_cli.data.synth import SHAPES, WORLD_COLOURS, plain_grey, shape_mask, world_colour
 
-COLOURS = WORLD_COLOURS  # the object's colour is one of them, jittered; its caption names it
 # 3 x 3 grid of the object's centre: (row, column) -> phrase. Rows top..bottom, columns left..right.
 POSITIONS: tuple[tuple[str, ...], ...] = (
     ("at the top left", "at the top", "at the top right"),
@@ -48,7 +47,7 @@ class Stills:
 def attribute_values() -> dict[str, tuple[str, ...]]:
     """The values of each captioned attribute, in index order."""
     return {"position": tuple(p for row in POSITIONS for p in row), "size": SIZES, "shape": SHAPES,
-            "colour": tuple(COLOURS), "pointing": POINTING}
+            "colour": tuple(WORLD_COLOURS), "pointing": POINTING}
 
 
 def attribute_prompts() -> dict[str, list[str]]:
@@ -78,7 +77,7 @@ def _draw(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
     cx, cy = (0.1 + 0.8 * torch.rand(2, n, generator=g)).unbind(0)
     return {"cx": cx, "cy": cy, "radius": radius, "angle": 2 * math.pi * torch.rand(n, generator=g),
             "shape": torch.randint(len(SHAPES), (n,), generator=g),
-            "colour": torch.randint(len(COLOURS), (n,), generator=g),
+            "colour": torch.randint(len(WORLD_COLOURS), (n,), generator=g),
             "background": plain_grey(n, g)[:, None].expand(n, 3), "keep": torch.rand(n, 5, generator=g) < KEEP_P}
 
 

@@ -9,7 +9,8 @@ and no method can be shown to learn on top of it.
   endless stream; nothing is stored), so the run is reproducible from `seed` alone.
 - Objective: open_clip's own symmetric InfoNCE (`ClipLoss`) with its learnable logit scale.
 - Vocabulary: rows of the token embedding for tokens that never occur in the world's texts are
-  zeroed and kept at zero (no gradient, no weight decay), so `save_compact` can store the model
+  zeroed and kept at zero (no gradient, no weight decay; with the default locked text tower
+  nothing of it trains), so `save_compact` can store the model
   with only the rows it knows (~1 MB instead of the 12.6 MB the 49,408-token table takes) and
   `load_clip` restores the exact model from it. Unknown words then embed to zero plus position.
 - Check: zero-shot accuracy per attribute on held-out stills, against chance.
@@ -68,16 +69,25 @@ def _restrict_vocabulary(model: torch.nn.Module, known: torch.Tensor) -> torch.T
     mask[known] = True
     with torch.no_grad():
         table[~mask] = 0
-    table.register_hook(lambda grad: grad * mask[:, None].to(grad.dtype))
+    if table.requires_grad:  # a trained text tower: unknown rows get no gradient (weight decay skips embeddings)
+        table.register_hook(lambda grad: grad * mask[:, None].to(grad.dtype))
     return mask
 
 
+def _is_text(name: str) -> bool:
+    return not name.startswith("visual.") and "logit_scale" not in name
+
+
 def _param_groups(model: torch.nn.Module, s: PretrainSettings) -> list[dict[str, Any]]:
-    """AdamW groups: decay on matrices only; the text tower at `text_lr_scale` x the lr."""
+    """AdamW groups: decay on matrices only; the text tower at `text_lr_scale` x the lr. A locked
+    text tower (scale 0) is frozen instead: no gradients computed, no optimizer state."""
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
+        text = _is_text(name)
+        if text and s.text_lr_scale == 0:
+            p.requires_grad_(False)
+            continue
         no_decay = p.ndim < 2 or "embedding" in name or "logit_scale" in name
-        text = not name.startswith("visual.") and "logit_scale" not in name
         groups.setdefault((no_decay, text), []).append(p)
     return [{"params": ps, "weight_decay": 0.0 if no_decay else s.weight_decay,
              "lr_scale": s.text_lr_scale if text else 1.0} for (no_decay, text), ps in groups.items()]
@@ -97,9 +107,9 @@ def pretrain(s: PretrainSettings, log: Callable[[str], None] | None = None) -> t
     torch.manual_seed(s.seed)
     clip = load_clip(s.model, pretrained=None, seed=s.seed)
     model = clip.model.train()
+    opt = torch.optim.AdamW(_param_groups(model, s), lr=s.lr, betas=(0.9, 0.98), eps=1e-6)
     known = _known_tokens(clip, world_vocabulary())
     _restrict_vocabulary(model, known)
-    opt = torch.optim.AdamW(_param_groups(model, s), lr=s.lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = clip_loss()
     g = torch.Generator().manual_seed(s.seed)
     curve, start = [], time.perf_counter()
@@ -107,8 +117,8 @@ def pretrain(s: PretrainSettings, log: Callable[[str], None] | None = None) -> t
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, s) * group["lr_scale"]
         batch = draw_stills(s.batch_size, clip.image_size, g)
-        image_features, text_features, logit_scale = model(normalize(batch.images.float() / 255, clip.mean, clip.std),
-                                                           clip.tokenizer(batch.captions))[:3]
+        images = normalize(batch.images.float() / 255, clip.mean, clip.std)  # [N, 3, S, S]
+        image_features, text_features, logit_scale = model(images, clip.tokenizer(batch.captions))[:3]
         loss = loss_fn(image_features, text_features, logit_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -120,8 +130,9 @@ def pretrain(s: PretrainSettings, log: Callable[[str], None] | None = None) -> t
             log(f"pretrain step {step}/{s.steps} loss {float(loss.detach()):.3f} "
                 f"({time.perf_counter() - start:.0f} s)")
     model.eval()
-    report = {"settings": asdict(s), "threads": torch.get_num_threads(), "loss_curve": curve, "seconds": round(time.perf_counter() - start, 1),
-              "known_tokens": len(known), "attributes": attribute_accuracy(clip, s.eval_images, seed=s.seed + 1)}
+    report = {"settings": asdict(s), "threads": torch.get_num_threads(), "loss_curve": curve,
+              "seconds": round(time.perf_counter() - start, 1), "known_tokens": len(known),
+              "attributes": attribute_accuracy(clip, s.eval_images, seed=s.seed + 1)}
     return clip, report
 
 
@@ -130,7 +141,8 @@ def attribute_accuracy(clip: Clip, n: int, seed: int) -> dict[str, dict[str, flo
     """Zero-shot accuracy per attribute on n held-out stills: the "knows its words" check."""
     model = clip.model.eval()
     batch = draw_stills(n, clip.image_size, torch.Generator().manual_seed(seed))
-    img = F.normalize(model.encode_image(normalize(batch.images.float() / 255, clip.mean, clip.std)), dim=-1)  # [N, D]
+    images = normalize(batch.images.float() / 255, clip.mean, clip.std)  # [N, 3, S, S]
+    img = F.normalize(model.encode_image(images), dim=-1)  # [N, D]
     result = {}
     for name, prompts in attribute_prompts().items():
         txt = F.normalize(model.encode_text(clip.tokenizer(prompts)), dim=-1)  # [A, D]
