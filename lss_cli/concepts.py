@@ -22,7 +22,7 @@ Vocabulary expansion and the losses (our definition; the paper leaves expansion 
   categories that own at least one description (`ConceptBank.category_ca_mask`, `[K]`) and
   the descriptions that have an owner (`description_ca_mask`, `[M]`). Its softmaxes are taken
   over those subsets, and description probabilities are aggregated to categories through
-  `description_owner` (the loss, `lss_cli.losses.LSSLoss`, derives the sub-bank indices from
+  `description_owner` (the loss, `lss_cli.train.losses.LSSLoss`, derives the sub-bank indices from
   `description_owner` alone). Without extra words/sentences and without missing categories the subsets
   are the whole banks and this is exactly the paper's concept alignment.
 

@@ -156,7 +156,7 @@ def _make_concepts(run: Path, data_root: Path, settings: DemoSettings) -> dict[s
 
 def run_demo(output_dir: str | Path | None = None, settings: DemoSettings | None = None) -> dict[str, Any]:
     """Run every stage (see the module docstring); returns the summary also written to summary.json."""
-    from lss_cli.models.export import export_teacher
+    from lss_cli.models.artefact import export_teacher
     from lss_cli.train.loop import train
 
     settings = settings or DemoSettings()

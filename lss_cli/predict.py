@@ -23,7 +23,7 @@ def predict(videos: list[str], labels, *, checkpoint: str | None = None, model: 
     from lss_cli.data.datasets import VideoList
     from lss_cli.eval.features import Views, extract_features
     from lss_cli.eval.metrics import view_averaged_probs
-    from lss_cli.models.export import load_video_model
+    from lss_cli.models.artefact import load_video_model
     from lss_cli.runtime.device import resolve_device
 
     _check_request(videos, labels, num_frames, top_k)

@@ -90,7 +90,7 @@ def zs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def zs_model(zs):
     """lss-tiny with the zero-shot set's weights, as `lss eval` loads a plain CLIP baseline."""
-    from lss_cli.models.export import load_video_model
+    from lss_cli.models.artefact import load_video_model
 
     return load_video_model("none", model="lss-tiny", pretrained=str(zs["weights"]))
 

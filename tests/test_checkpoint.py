@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lss_cli.errors import LssError
-from lss_cli.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from lss_cli.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 
 
 def _setup():

@@ -187,8 +187,8 @@ def test_vocabulary_expansion_masks_and_ca_indices(expanded):
     assert bank.category_ca_mask.tolist() == [True, False, True, False, False]
     assert bank.description_ca_mask.tolist() == [True, True, True, False, False]
     # The loss derives the aligned subset from description_owner alone (one implementation, in
-    # lss_cli.losses); it must agree with the masks stored in the file.
-    from lss_cli.losses import LSSLoss
+    # lss_cli.train.losses); it must agree with the masks stored in the file.
+    from lss_cli.train.losses import LSSLoss
 
     loss = LSSLoss(bank.category, bank.description, bank.description_owner)
     assert loss.ca_category_index.tolist() == bank.category_ca_mask.nonzero().flatten().tolist() == [0, 2]

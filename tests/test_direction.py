@@ -16,7 +16,7 @@ from lss_cli.errors import ConfigError, InputFileError
 from lss_cli.eval.features import Views, extract_features
 from lss_cli.eval.metrics import direction_accuracy
 from lss_cli.eval.pairs import mate_indices, pairs_path, read_pairs
-from lss_cli.models.export import load_video_model
+from lss_cli.models.artefact import load_video_model
 
 # --------------------------------------------------------------------------------------------
 # The metric

@@ -17,7 +17,7 @@ from lss_cli.data.datasets import load_dataset
 from lss_cli.eval.features import Views, extract_features
 from lss_cli.eval.metrics import view_averaged_probs
 from lss_cli.eval.results import evaluate
-from lss_cli.models.export import load_video_model
+from lss_cli.models.artefact import load_video_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

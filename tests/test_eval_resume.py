@@ -20,7 +20,7 @@ from conftest import run_lss
 import lss_cli.eval.features as features
 from lss_cli.data.datasets import load_dataset
 from lss_cli.eval.features import FeatureCache, Views, extract_features
-from lss_cli.models.export import load_video_model
+from lss_cli.models.artefact import load_video_model
 
 VIEWS = Views(num_frames=2)
 

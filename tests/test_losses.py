@@ -13,7 +13,7 @@ import torch
 
 from lss_cli.config import LossConfig
 from lss_cli.errors import LssError
-from lss_cli.losses import LSSLoss, aggregate_log_probs, aggregate_probs, pair_mask
+from lss_cli.train.losses import LSSLoss, aggregate_log_probs, aggregate_probs, pair_mask
 
 TS, TT = 0.1, 0.05  # student / teacher temperatures used by the hand computations
 

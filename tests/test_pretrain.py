@@ -9,7 +9,7 @@ import torch
 
 from lss_cli.data.stills import attribute_prompts, attribute_values, draw_stills
 from lss_cli.models.clip import BUILTIN_WEIGHTS, load_clip
-from lss_cli.models.pretrain import PretrainSettings, attribute_accuracy, pretrain, pretrain_to_file
+from lss_cli.train.pretrain import PretrainSettings, attribute_accuracy, pretrain, pretrain_to_file
 from tests.conftest import run_lss
 
 SHORT = PretrainSettings(steps=3, batch_size=8, warmup=1, eval_images=16)

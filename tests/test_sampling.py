@@ -160,7 +160,7 @@ def test_union_indices_round_trip(views):
 
 def test_union_decode_equals_per_view_decode(synth_dataset):
     """One get_frames_at over the union returns exactly what decoding each view alone returns."""
-    from lss_cli.data.sampling import decode_views
+    from lss_cli.data.video_io import decode_views
 
     path = synth_dataset / (synth_dataset / "train.txt").read_text().split()[0]
     views = ViewsConfig(global_views=2, global_frames=4, local_views=3, local_frames=[3, 5, 2])
@@ -174,7 +174,7 @@ def test_union_decode_equals_per_view_decode(synth_dataset):
 
 
 def test_decode_views_calls_get_frames_at_once(synth_dataset):
-    from lss_cli.data.sampling import decode_views
+    from lss_cli.data.video_io import decode_views
 
     path = synth_dataset / (synth_dataset / "train.txt").read_text().split()[0]
     dec = open_video(path)

@@ -66,7 +66,7 @@ def _metrics(run: Path) -> dict[int, dict]:
 
 
 def _assert_checkpoints_whole(run: Path) -> None:
-    from lss_cli.train.checkpoint import load_checkpoint
+    from lss_cli.runtime.checkpoint import load_checkpoint
 
     ckpts = sorted((run / "checkpoints").glob("step_*"))
     assert ckpts
@@ -144,7 +144,7 @@ def test_stop_signal_saves_and_exits_130(tmp_path, small_data, signum):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert f"{signum.name}: stopped at step" in err and "--resume" in err
-    from lss_cli.train.checkpoint import load_checkpoint
+    from lss_cli.runtime.checkpoint import load_checkpoint
 
     last = load_checkpoint(run)
     assert last.step == max(_metrics(run)) and last.step < 80

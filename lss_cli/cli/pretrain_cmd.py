@@ -37,7 +37,7 @@ def pretrain_tiny(
         lss eval zero-shot --dataset synthetic --root runs/data/synthetic --checkpoint none --model lss-tiny --pretrained tiny-world.safetensors
     """
     from lss_cli.errors import ConfigError
-    from lss_cli.models.pretrain import PretrainSettings, pretrain_to_file
+    from lss_cli.train.pretrain import PretrainSettings, pretrain_to_file
     from lss_cli.runtime.progress import set_quiet
 
     set_quiet(quiet)

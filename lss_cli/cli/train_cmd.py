@@ -75,7 +75,7 @@ def export(
 
     Example: lss export runs/train/tiny --out tiny-video.safetensors
     """
-    from lss_cli.models.export import export_teacher
+    from lss_cli.models.artefact import export_teacher
 
     summary = export_teacher(checkpoint, out)
     from lss_cli.cli.render import kv_table, print_json, stdout

@@ -22,9 +22,8 @@ Self-distillation views (SPEC §3.3, `multiview_indices`): each global view cove
 random fraction in `views.global_span` of the video, each local view a window with a fraction in
 `views.local_span`; window starts are uniform; inside its window a view takes `T` frames by
 training segment sampling. Local views may have one frame count each (`views.local_frames`).
-`decode_union` decodes the union of all views' indices with ONE `get_frames_at` call and returns
-each view's positions into it; `decode_views` splits the frames back per view, which returns
-exactly what decoding each view on its own would.
+`union_indices` gives the sorted union of all views' indices and each view's positions into it, so
+`lss_cli.data.video_io.decode_union` decodes every view of a clip with ONE `get_frames_at` call.
 
 Spatial sampling: `random_resized_crop_box` draws an Inception-style crop box (area fraction in
 `scale`, log-uniform aspect ratio in `ratio`, 10 tries, then a centre crop with the ratio clamped).
@@ -154,21 +153,6 @@ def union_indices(views: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.T
         return torch.zeros(0, dtype=torch.long), []
     union, inverse = torch.unique(torch.cat(views), sorted=True, return_inverse=True)
     return union, list(torch.split(inverse, [len(v) for v in views]))
-
-
-def decode_union(decoder, views: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """ONE batched decode of the union of all views' indices: (uint8 frames `[U, 3, H, W]`, per view
-    its positions into them). Cropping before `frames[pos]` copies only the crop's pixels."""
-    from lss_cli.data.video_io import decode_at
-
-    union, positions = union_indices(views)
-    return decode_at(decoder, union.tolist()), positions
-
-
-def decode_views(decoder, views: list[torch.Tensor]) -> list[torch.Tensor]:
-    """uint8 frames `[T_v, 3, H, W]` of every view from ONE batched decode of the union of indices."""
-    frames, positions = decode_union(decoder, views)
-    return [frames[pos] for pos in positions]
 
 
 def random_resized_crop_box(height: int, width: int, scale: tuple[float, float],

@@ -4,7 +4,7 @@ The motion videos of `lss data synth` show one shape on a plain or textured back
 that is to "know its world" must ground the words that describe such frames: where the object is
 (a 3 x 3 grid), how large it is, which way it points, its shape and colour. This module draws
 random stills of that world together with captions that name a random subset of those attributes,
-so contrastive pretraining (lss_cli/models/pretrain.py) teaches the image and text towers each word
+so contrastive pretraining (lss_cli/train/pretrain.py) teaches the image and text towers each word
 separately. `attribute_prompts` gives, per attribute, one prompt per value: the zero-shot check
 that the pretrained model knows its words.
 

@@ -17,6 +17,8 @@ import torch
 from torchcodec.decoders import VideoDecoder
 from torchcodec.encoders import VideoEncoder
 
+from lss_cli.data.sampling import union_indices
+
 T = TypeVar("T")
 
 
@@ -54,6 +56,19 @@ def decode_all(path: str | Path) -> torch.Tensor:
 def decode_at(decoder: VideoDecoder, indices: list[int]) -> torch.Tensor:
     """Frames at the given indices, uint8 `[N, 3, H, W]`, in the order given (duplicates allowed)."""
     return decoder.get_frames_at(indices=list(indices)).data
+
+
+def decode_union(decoder: VideoDecoder, views: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """ONE batched decode of the union of all views' indices: (uint8 frames `[U, 3, H, W]`, per view
+    its positions into them). Cropping before `frames[pos]` copies only the crop's pixels."""
+    union, positions = union_indices(views)
+    return decode_at(decoder, union.tolist()), positions
+
+
+def decode_views(decoder: VideoDecoder, views: list[torch.Tensor]) -> list[torch.Tensor]:
+    """uint8 frames `[T_v, 3, H, W]` of every view from ONE batched decode of the union of indices."""
+    frames, positions = decode_union(decoder, views)
+    return [frames[pos] for pos in positions]
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,7 +137,7 @@ def read_union(path: str | Path, pick: Callable[[int], list[torch.Tensor]], *, s
                strict: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Frames of several views from one file, decoded together: `pick(num_frames)` returns each
     view's indices; returns (uint8 frames of the sorted union `[U, 3, H, W]`, per view its
-    positions into them), see `lss_cli.data.sampling.decode_union`.
+    positions into them), see `decode_union`.
 
     Raises VideoReadError (with a reason) for a missing, empty, unreadable or hanging file. In
     approximate mode a failed decode is retried once in exact mode (the header's frame count can
@@ -130,8 +145,6 @@ def read_union(path: str | Path, pick: Callable[[int], list[torch.Tensor]], *, s
 
     `strict` (evaluation): a truncated file (see `truncation`) is unreadable even if what is left
     decodes, so results report it instead of scoring a shortened video. Training may use what is left."""
-    from lss_cli.data.sampling import decode_union
-
     def decode(mode: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
         dec = open_video(path, device=device, num_threads=1, seek_mode=mode)
         n = num_frames(dec)

@@ -238,7 +238,7 @@ def extract_features(model, videos, views: Views, *, kind: str = "proj", cache_d
                      desc: str = "features", compile: bool = False) -> Features:
     """Features of every video in `videos` (a VideoList), [N, V, D], from the cache where possible.
 
-    `model` is a `lss_cli.models.export.VideoModel`. Unreadable videos get ok=False and their reason;
+    `model` is a `lss_cli.models.artefact.VideoModel`. Unreadable videos get ok=False and their reason;
     none is dropped. Interrupted, it leaves the videos it finished in the cache (module docstring).
     `compile`: torch.compile the encoder forward (`lss_cli.eval.forward`; worth it on a GPU).
     """

@@ -29,7 +29,7 @@ def evaluate(cfg: EvalConfig, protocol: str, *, output_dir: str | Path | None = 
 
     from lss_cli.eval.features import Views
     from lss_cli.eval.protocols import EvalContext, check_pairs, check_protocol, run_protocol
-    from lss_cli.models.export import load_video_model
+    from lss_cli.models.artefact import load_video_model
     from lss_cli.runtime.device import resolve_device
     from lss_cli.runtime.dist import barrier, cleanup, init_distributed
 

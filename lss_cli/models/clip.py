@@ -31,7 +31,7 @@ open_clip.add_model_config(CONFIG_DIR)
 TINY_MODEL = "lss-tiny"
 LOCAL_DIR = "local-dir:"
 # Weights shipped with the package: (model, tag) -> file. `lss pretrain-tiny` made this one (its
-# command line and report are in the file's metadata); see lss_cli/models/pretrain.py.
+# command line and report are in the file's metadata); see lss_cli/train/pretrain.py.
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 BUILTIN_WEIGHTS = {(TINY_MODEL, "synthetic-world"): WEIGHTS_DIR / "lss-tiny-synthetic-world.safetensors"}
 # Compact weights files store only the token-embedding rows a small model knows, plus their ids.

@@ -31,7 +31,7 @@ from lss_cli.runtime.metrics import MetricsWriter, read_metrics
 from lss_cli.runtime.progress import log, make_progress, warn
 from lss_cli.runtime.rundir import default_run_dir, prepare_run_dir, write_run_files, write_text_atomic
 from lss_cli.runtime.seeding import seed_everything
-from lss_cli.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from lss_cli.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from lss_cli.train.ema import ema_update
 from lss_cli.train.schedules import Schedules, build_schedules
 
@@ -51,7 +51,7 @@ class Trainer:
     student: torch.nn.Module  # DDP-wrapped when distributed
     student_raw: torch.nn.Module  # the module itself (EMA source, checkpoints)
     teacher: torch.nn.Module
-    loss_fn: Any  # lss_cli.losses.LSSLoss
+    loss_fn: Any  # lss_cli.train.losses.LSSLoss
     optimizer: torch.optim.Optimizer
     loader: Any  # DataLoader of uint8 clips
     schedules: Schedules
@@ -259,7 +259,7 @@ def _run_dir(cfg: TrainConfig, dist: DistInfo) -> Path:
 
 def _build_models(cfg: TrainConfig, device: torch.device):
     from lss_cli.concepts import load_concept_bank
-    from lss_cli.losses import LSSLoss
+    from lss_cli.train.losses import LSSLoss
     from lss_cli.models.clip import load_clip
     from lss_cli.models.video import build_video_encoder
 

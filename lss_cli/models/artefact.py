@@ -39,7 +39,7 @@ class VideoModel:
 def export_teacher(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
     """Write the teacher of a training checkpoint + CLIP's text side as one safetensors file."""
     from lss_cli.models.clip import load_clip
-    from lss_cli.train.checkpoint import load_checkpoint
+    from lss_cli.runtime.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     cfg = from_dict(TrainConfig, ck.meta["config"])
@@ -99,7 +99,7 @@ def _load_checkpoint(path: Path) -> VideoModel:
     from lss_cli.hashing import file_sha256
     from lss_cli.models.clip import load_clip
     from lss_cli.models.video import build_video_encoder
-    from lss_cli.train.checkpoint import load_checkpoint
+    from lss_cli.runtime.checkpoint import load_checkpoint
 
     ck = load_checkpoint(path)
     cfg = from_dict(TrainConfig, ck.meta["config"])
