@@ -192,9 +192,9 @@ class Setup:
 
 def build_setup(args: argparse.Namespace, device: torch.device) -> Setup:
     from lss_cli.config import TrainConfig
-    from lss_cli.train.losses import LSSLoss
     from lss_cli.models.clip import load_clip
     from lss_cli.models.video import build_video_encoder
+    from lss_cli.train.losses import LSSLoss
 
     cfg = TrainConfig()
     cfg.model.name, cfg.model.pretrained, cfg.model.temporal = args.model, None, args.temporal

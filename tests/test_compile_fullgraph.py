@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from lss_cli.config import ModelConfig
-from lss_cli.train.losses import LSSLoss
 from lss_cli.models.video import build_video_encoder
 from lss_cli.train.ema import ema_update
+from lss_cli.train.losses import LSSLoss
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lss_cli.config import LossConfig, ModelConfig, OptimConfig, TeacherConfig
-from lss_cli.train.losses import LSSLoss
 from lss_cli.models.video import build_video_encoder
 from lss_cli.train.ema import ema_update
+from lss_cli.train.losses import LSSLoss
 from lss_cli.train.schedules import build_schedules, cosine_schedule, warmup_constant_schedule
 
 # ---- EMA ------------------------------------------------------------------------------------

@@ -37,8 +37,8 @@ def pretrain_tiny(
         lss eval zero-shot --dataset synthetic --root runs/data/synthetic --checkpoint none --model lss-tiny --pretrained tiny-world.safetensors
     """
     from lss_cli.errors import ConfigError
-    from lss_cli.train.pretrain import PretrainSettings, pretrain_to_file
     from lss_cli.runtime.progress import set_quiet
+    from lss_cli.train.pretrain import PretrainSettings, pretrain_to_file
 
     set_quiet(quiet)
     if out.exists() and not overwrite:

@@ -25,13 +25,13 @@ import torch
 
 from lss_cli.config import TrainConfig, dump_yaml, to_dict
 from lss_cli.errors import LssError
+from lss_cli.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from lss_cli.runtime.compile import maybe_compile
 from lss_cli.runtime.dist import DistInfo, barrier, cleanup, init_distributed
 from lss_cli.runtime.metrics import MetricsWriter, read_metrics
 from lss_cli.runtime.progress import log, make_progress, warn
 from lss_cli.runtime.rundir import default_run_dir, prepare_run_dir, write_run_files, write_text_atomic
 from lss_cli.runtime.seeding import seed_everything
-from lss_cli.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from lss_cli.train.ema import ema_update
 from lss_cli.train.schedules import Schedules, build_schedules
 
@@ -259,9 +259,9 @@ def _run_dir(cfg: TrainConfig, dist: DistInfo) -> Path:
 
 def _build_models(cfg: TrainConfig, device: torch.device):
     from lss_cli.concepts import load_concept_bank
-    from lss_cli.train.losses import LSSLoss
     from lss_cli.models.clip import load_clip
     from lss_cli.models.video import build_video_encoder
+    from lss_cli.train.losses import LSSLoss
 
     clip = load_clip(cfg.model.name, cfg.model.pretrained, device="cpu", seed=cfg.run.seed)
     bank = load_concept_bank(cfg.loss.concepts, expect_model=cfg.model.name, expect_weights=clip.weights_id)
