@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace) -> tuple[Any, torch.nn.Module, torch.nn.Module]:
     """(clip, our encoder, the frame-wise baseline) on the CPU, random weights."""
-    from train_step import FramewiseClip
+    from framewise import FramewiseClip
 
     from lss_cli.config import ModelConfig
     from lss_cli.models.clip import load_clip

@@ -24,9 +24,6 @@ from lss_cli.errors import ConfigError, InputFileError
 
 T = TypeVar("T")
 
-Device = str  # "auto" | "cpu" | "cuda" | "cuda:N"; checked by check_device()
-
-
 def check_device(value: str, key: str = "device") -> None:
     ok = value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
     if not ok:

@@ -36,10 +36,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lss_cli.config import EvalConfig, TrainConfig
+from lss_cli.config import EvalConfig, TrainConfig, load_config
+from lss_cli.data.synth import benchmark_spec, generate
 from lss_cli.errors import ConfigError
+from lss_cli.eval.results import evaluate
+from lss_cli.models.artefact import export_teacher
+from lss_cli.resources import example_path
 from lss_cli.runtime.progress import log
 from lss_cli.runtime.rundir import default_run_dir, prepare_run_dir, write_text_atomic
+from lss_cli.train.inputs import build_synthetic_concepts
+from lss_cli.train.loop import train
 
 PROTOCOLS = ("zero-shot", "linear-probe")
 TINY_WEIGHTS = "synthetic-world"  # the shipped pretrained weights of lss-tiny (lss_cli.models.clip.BUILTIN_WEIGHTS)
@@ -61,9 +67,6 @@ def tiny_train_config(data_root: str | Path, concepts: str | Path, output_dir: s
                       epochs: int | None = None, seed: int = 0, overrides: tuple[str, ...] = ()) -> TrainConfig:
     """`examples/synthetic_tiny.yaml` (+ `overrides`) as a TrainConfig, pointed at the demo's data,
     bank and run dir."""
-    from lss_cli.config import load_config
-    from lss_cli.resources import example_path
-
     # The same file the README's train command uses; the demo's own settings win over the overrides.
     return load_config(TrainConfig, example_path("synthetic_tiny"), list(overrides),
                        flags={"data.root": str(data_root), "loss.concepts": str(concepts),
@@ -93,8 +96,6 @@ class _Stages:
 
 def _evaluate_model(stages: _Stages, run: Path, tag: str, checkpoint: str, data_root: Path,
                     seed: int) -> dict[str, dict[str, Any]]:
-    from lss_cli.eval.results import evaluate
-
     cfg = demo_eval_config(data_root, checkpoint, run / "feature-cache", seed)
     return {p: stages.run(f"{p} of the {tag} model", evaluate, cfg, p, output_dir=run / "eval" / f"{tag}-{p}")
             for p in PROTOCOLS}
@@ -135,30 +136,21 @@ def _check_settings(settings: DemoSettings) -> None:
 
 
 def _make_data(run: Path, settings: DemoSettings) -> tuple[Path, dict[str, Any]]:
-    from lss_cli.data.synth import generate
-
     root = run / "data"
     return root, generate(root, _synth_spec(settings))
 
 
 def _synth_spec(settings: DemoSettings):
-    from lss_cli.data.synth import benchmark_spec
-
     return benchmark_spec(classes=settings.classes, videos_per_class=settings.videos_per_class, seed=settings.seed)
 
 
 def _make_concepts(run: Path, data_root: Path, settings: DemoSettings) -> dict[str, Any]:
-    from lss_cli.train.inputs import build_synthetic_concepts
-
     return build_synthetic_concepts(data_root, run / "concepts.safetensors", "lss-tiny", TINY_WEIGHTS,
                                     descriptions=settings.descriptions)
 
 
 def run_demo(output_dir: str | Path | None = None, settings: DemoSettings | None = None) -> dict[str, Any]:
     """Run every stage (see the module docstring); returns the summary also written to summary.json."""
-    from lss_cli.models.artefact import export_teacher
-    from lss_cli.train.loop import train
-
     settings = settings or DemoSettings()
     _check_settings(settings)
     run = prepare_run_dir(output_dir or default_run_dir("demo"))

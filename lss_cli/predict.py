@@ -7,7 +7,13 @@ from typing import Any
 
 import torch
 
+from lss_cli.concepts.templates import load_templates
+from lss_cli.data.datasets import VideoList
 from lss_cli.errors import ConfigError, InputFileError
+from lss_cli.eval.features import Views, extract_features
+from lss_cli.eval.zero_shot import class_classifier, zero_shot_probs
+from lss_cli.models.artefact import load_video_model
+from lss_cli.runtime.device import resolve_device
 
 
 def predict(videos: list[str], labels, *, checkpoint: str | None = None, model: str = "ViT-B-16",
@@ -19,22 +25,15 @@ def predict(videos: list[str], labels, *, checkpoint: str | None = None, model: 
     `{"video", "predictions": [{"label", "prob"}, ...]}` in descending probability, or
     `{"video", "error", "predictions": []}` for a video that could not be read.
     """
-    from lss_cli.concepts import build_category_bank, load_templates
-    from lss_cli.data.datasets import VideoList
-    from lss_cli.eval.features import Views, extract_features
-    from lss_cli.eval.metrics import view_averaged_probs
-    from lss_cli.models.artefact import load_video_model
-    from lss_cli.runtime.device import resolve_device
-
     _check_request(videos, labels, num_frames, top_k)
     dev = resolve_device(device)
     vm = load_video_model(checkpoint, model=model, pretrained=pretrained, device=dev)
     names = list(labels.names)
-    classifier = build_category_bank(vm.clip, names, load_templates(templates))  # [K, D]
+    classifier = class_classifier(vm, names, load_templates(templates))  # [K, D]
     vlist = VideoList("", [str(Path(v).resolve()) for v in videos], [-1] * len(videos), names, "predict")
     feats = extract_features(vm, vlist, Views(num_frames, 1, 1), kind="proj", cache_dir=None,
                              batch_size=batch_size, num_workers=num_workers, device=dev, desc="predict")
-    probs = view_averaged_probs(feats.feats, classifier, float(vm.clip.model.logit_scale.detach().exp()))  # [N, K]
+    probs = zero_shot_probs(vm, feats.feats, classifier)  # [N, K]
     k = min(top_k, len(names))
     out = []
     for i, video in enumerate(videos):

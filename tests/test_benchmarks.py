@@ -121,7 +121,7 @@ def test_vit_b16_frame_flops_match_spec(bench_utils):
 
 @pytest.fixture(scope="module")
 def train_bench():
-    yield from _bench_module("train_step")
+    yield from _bench_module("train_step_setup")
 
 
 def test_production_step_with_augmentation_has_no_host_sync(train_bench):
@@ -134,7 +134,7 @@ def test_production_step_with_augmentation_has_no_host_sync(train_bench):
     from bench_utils import meta_device_patches
     from conftest import HostToDevice
 
-    from lss_cli.train.loop import train_step
+    from lss_cli.train.step import train_step
 
     args = train_bench.parse_args(["--tiny", "--device", "cpu", "--augment", "--batch", "2"])
     s = train_bench.build_setup(args, torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""Issue 8, CPU side: the pieces of the training step compile as single graphs (fullgraph=True).
+"""GPU performance, CPU side: the pieces of the training step compile as single graphs (fullgraph=True).
 
 `backend="aot_eager"` traces with Dynamo and AOT autograd exactly as Inductor would (a graph break
 or an untraceable op fails here the same way) but skips code generation, so it runs in seconds.

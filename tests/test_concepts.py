@@ -12,22 +12,13 @@ import pytest
 import torch
 from conftest import run_lss
 
-from lss_cli.concepts import (
-    ConceptBank,
-    ConceptBankMismatchError,
-    build_category_bank,
-    build_concepts,
-    encode_inputs,
-    encode_texts,
-    gather_inputs,
-    load_concept_bank,
-    load_templates,
-    plan_concepts,
-    save_concept_bank,
-    truncated_mask,
-)
+from lss_cli.concepts.bank import ConceptBank, ConceptBankMismatchError, load_concept_bank, save_concept_bank
+from lss_cli.concepts.build import build_concepts, encode_inputs, plan_concepts
+from lss_cli.concepts.encode import build_category_bank, encode_texts, truncated_mask
+from lss_cli.concepts.inputs import gather_inputs
+from lss_cli.concepts.templates import load_templates
 from lss_cli.config import ConceptsConfig
-from lss_cli.descriptions import DescriptionRecord, write_records
+from lss_cli.describe.records import DescriptionRecord, write_records
 from lss_cli.errors import ConfigError, InputFileError
 from lss_cli.labels import load_label_set
 
@@ -280,7 +271,7 @@ def test_build_concepts_tokenises_each_text_once_for_the_check_and_the_encoding(
     length once (plus once at ctx + 1 for the check), and the bank is what plain encoding gives."""
     import dataclasses
 
-    import lss_cli.models.clip as clip_mod
+    import lss_cli.concepts.build as build_mod
 
     counts = {"ctx": 0, "ctx+1": 0}
 
@@ -291,7 +282,7 @@ def test_build_concepts_tokenises_each_text_once_for_the_check_and_the_encoding(
             counts["ctx" if context_length in (None, self.context_length) else "ctx+1"] += len(texts)
             return tiny_clip.tokenizer(texts) if context_length is None else tiny_clip.tokenizer(texts, context_length)
 
-    monkeypatch.setattr(clip_mod, "load_clip", lambda *a, **k: dataclasses.replace(tiny_clip, tokenizer=CountingTokenizer()))
+    monkeypatch.setattr(build_mod, "load_clip", lambda *a, **k: dataclasses.replace(tiny_clip, tokenizer=CountingTokenizer()))
     labels = _labels(tmp_path, ["waving", "jumping"])
     desc = _write(tmp_path, "d.jsonl", {"waving": ["a hand moves", "an arm swings"], "jumping": ["feet leave the ground"]})
     cfg = _tiny_cfg(tmp_path, labels=labels, descriptions=desc)

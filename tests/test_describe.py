@@ -17,21 +17,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lss_cli.config import DescribeConfig
-from lss_cli.describe import (
+from lss_cli.describe.client import parse_retry_after, redact, resolve_endpoint
+from lss_cli.describe.prompt import load_prompt
+from lss_cli.describe.records import read_records, read_state
+from lss_cli.describe.replies import (
     CLIP_CONTEXT,
     ClipLengthCheck,
     InvalidReply,
-    backoff_delay,
     clean_description,
     extract_descriptions,
-    load_prompt,
-    plan_describe,
-    run_describe,
     surely_fits_clip,
 )
-from lss_cli.descriptions import read_records, read_state
+from lss_cli.describe.run import backoff_delay, plan_describe, run_describe
 from lss_cli.errors import ConfigError, InputFileError
-from lss_cli.llm import parse_retry_after, redact, resolve_endpoint
 
 # Recognisable, and deliberately not shaped like an OpenAI key, so only exact redaction can hide it.
 FAKE_KEY = "lss-test-FAKEKEY-7c2e9a41d0b3"
@@ -156,7 +154,7 @@ def test_bad_prompt_files_are_rejected(tmp_path):
 def test_prompt_and_template_files_share_the_yaml_checks(tmp_path):
     """`load_prompt` and `load_templates` read their YAML through one helper: the same checks,
     each error naming the kind of file and the fix."""
-    from lss_cli.concepts import load_templates
+    from lss_cli.concepts.templates import load_templates
 
     bad = tmp_path / "p.yaml"
     for load, what, keys_hint in ((load_prompt, "prompt file", "prompts/describe_actions_v1.yaml"),
@@ -264,7 +262,7 @@ def test_resume_skips_done_classes_and_overwrite_keeps_a_backup(tmp_path):
 def test_a_resumed_run_checks_inputs_once_and_reads_its_output_once(tmp_path, monkeypatch):
     """Label set and prompt loaded once, the existing output read once (under the lock), and a
     torn last line is still removed and its class redone."""
-    import lss_cli.describe as describe_mod
+    import lss_cli.describe.run as describe_mod
 
     names = ["a", "b", "c"]
     out = tmp_path / "d.jsonl"
@@ -443,7 +441,7 @@ def test_ctrl_c_exits_130_and_keeps_finished_classes(tmp_path):
 
 
 def test_a_second_run_on_the_same_file_is_refused(tmp_path):
-    from lss_cli.describe import _exclusive
+    from lss_cli.describe.run import _exclusive
     from lss_cli.errors import LssError
 
     with FakeLLM(per_class=3) as server:
@@ -456,7 +454,7 @@ def test_a_second_run_on_the_same_file_is_refused(tmp_path):
 
 
 def test_a_broken_model_or_prompt_stops_after_the_first_ten_failures(tmp_path):
-    from lss_cli.describe import EARLY_FAILURES_STOP
+    from lss_cli.describe.run import EARLY_FAILURES_STOP
 
     names = [f"c{i:02d}" for i in range(EARLY_FAILURES_STOP + 5)]
     with FakeLLM(default=Text("I cannot do JSON, sorry.")) as server:

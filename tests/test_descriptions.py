@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from lss_cli.descriptions import DescriptionRecord, append_record, read_records
+from lss_cli.describe.records import DescriptionRecord, append_record, read_records
 from lss_cli.errors import InputFileError
 
 
@@ -27,7 +27,7 @@ def test_later_record_wins_and_bad_records_are_named(tmp_path):
 
 
 def test_failure_records_are_not_results_and_a_later_success_wins(tmp_path):
-    from lss_cli.descriptions import FailedRecord, read_state
+    from lss_cli.describe.records import FailedRecord, read_state
 
     path = tmp_path / "d.jsonl"
     append_record(path, FailedRecord("waving", "HTTP 500 (gave up)", "m"))
@@ -41,7 +41,7 @@ def test_failure_records_are_not_results_and_a_later_success_wins(tmp_path):
 
 
 def test_append_after_a_torn_line_and_repair_tail(tmp_path):
-    from lss_cli.descriptions import repair_tail
+    from lss_cli.describe.records import repair_tail
 
     path = tmp_path / "d.jsonl"
     append_record(path, DescriptionRecord("waving", ["a hand moves"], "m"))

@@ -10,7 +10,7 @@ import torch
 
 from lss_cli.data.synth import MOTION_INDEX, MOTIONS, PAIRS, SynthSpec, clip_generator, generate, render_clip
 from lss_cli.data.video_io import decode_all
-from lss_cli.descriptions import read_records
+from lss_cli.describe.records import read_records
 from lss_cli.errors import ConfigError
 
 

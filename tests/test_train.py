@@ -25,7 +25,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_TH
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> Path:
     """16 training clips of 4 classes and their concept bank (tiny model, seed 0)."""
-    from lss_cli.concepts import build_concepts
+    from lss_cli.concepts.build import build_concepts
     from lss_cli.config import ConceptsConfig
     from lss_cli.data.synth import SynthSpec, generate
 

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
-from lss_cli.cli import app
-from lss_cli.cli.options import DryRun, Json, Quiet, split_config_args
+from lss_cli.cli import CONTEXT, app
+from lss_cli.cli.options import Device, DryRun, Json, Quiet, split_config_args
 
 concepts_app = typer.Typer(help="Inspect concept banks built by `lss build-concepts`.",
-                           context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True)
+                           context_settings=CONTEXT, no_args_is_help=True)
 app.add_typer(concepts_app, name="concepts")
 
 Text = str | None
@@ -32,7 +32,7 @@ def build_concepts(
     extra_words: Annotated[Text, typer.Option(help="Extra category words, one per line (vocabulary expansion).")] = None,
     extra_sentences: Annotated[Text, typer.Option(help="Extra description sentences without a category, one per line.")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Allow categories with no descriptions.")] = False,
-    device: Annotated[Text, typer.Option(help="auto | cpu | cuda | cuda:N [auto].")] = None,
+    device: Device = None,
     batch_size: Annotated[int | None, typer.Option(help="Texts per text-encoder call [256].")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
     dry_run: DryRun = False,
@@ -64,10 +64,10 @@ def build_concepts(
              "overwrite": overwrite or None}
     cfg = load_config(ConceptsConfig, path, overrides, flags=flags)
     if dry_run:
-        from lss_cli.concepts import plan_concepts
+        from lss_cli.concepts.build import plan_concepts
 
         return _render_plan(plan_concepts(cfg), json_out)
-    from lss_cli.concepts import build_concepts as run
+    from lss_cli.concepts.build import build_concepts as run
 
     _render_summary("Concept bank written", run(cfg), json_out)
 
@@ -81,7 +81,7 @@ def info(
 
     Example: lss concepts info concepts.safetensors
     """
-    from lss_cli.concepts import bank_summary, load_concept_bank
+    from lss_cli.concepts.bank import bank_summary, load_concept_bank
 
     _render_summary("Concept bank", bank_summary(load_concept_bank(file), file), json_out)
 

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from lss_cli.cli import app
+from lss_cli.cli import CONTEXT, app
 from lss_cli.cli.options import Json
 
 config_app = typer.Typer(help="Inspect configs: defaults, YAML files and overrides resolved.",
-                         context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True)
+                         context_settings=CONTEXT, no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lss_cli.cli import app
 from lss_cli.cli.options import DryRun, Json, Quiet, split_config_args
+
+if TYPE_CHECKING:
+    from lss_cli.config import DescribeConfig
+    from lss_cli.describe.run import DescribePlan, DescribeSummary
 
 ConfigArgs = Annotated[list[str] | None, typer.Argument(
     help="Optional YAML config, then dotted key=value overrides (e.g. per_class=5).", show_default=False)]
@@ -60,17 +64,17 @@ def describe(
         "limit": limit, "overwrite": True if overwrite else None,
     })
     if dry_run:
-        from lss_cli.describe import plan_describe
+        from lss_cli.describe.run import plan_describe
 
         return _render_plan(plan_describe(cfg), cfg, json_out)
-    from lss_cli.describe import run_describe
+    from lss_cli.describe.run import run_describe
 
     summary = run_describe(cfg)
     _render_summary(summary, json_out)
     _exit_status(summary)
 
 
-def _render_plan(plan, cfg, json_out: bool) -> None:
+def _render_plan(plan: DescribePlan, cfg: DescribeConfig, json_out: bool) -> None:
     from lss_cli.cli.render import kv_table, print_json, stdout
 
     info = {
@@ -97,7 +101,7 @@ def _render_plan(plan, cfg, json_out: bool) -> None:
         stdout.print(f"--- {m['role']} ---\n{m['content']}", markup=False)
 
 
-def _render_summary(s, json_out: bool) -> None:
+def _render_summary(s: DescribeSummary, json_out: bool) -> None:
     from dataclasses import asdict
 
     from lss_cli.cli.render import kv_table, print_json, stdout
@@ -116,7 +120,7 @@ def _render_summary(s, json_out: bool) -> None:
     stdout.print(kv_table("lss describe", rows))
 
 
-def _exit_status(s) -> None:
+def _exit_status(s: DescribeSummary) -> None:
     from lss_cli.errors import LssError
 
     if s.fatal:

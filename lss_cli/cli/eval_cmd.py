@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from lss_cli.cli import eval_app
-from lss_cli.cli.options import Json, OutputDir, Overrides, Overwrite, Quiet
+from lss_cli.cli.options import Device, Json, OutputDir, Overrides, Overwrite, Quiet
 
 Dataset = Annotated[str | None, typer.Option("--dataset", help="ucf101 | hmdb51 | kinetics600-zs | list | folder | synthetic.")]
 Root = Annotated[str | None, typer.Option("--root", help="Folder the videos are in.")]
@@ -21,7 +21,6 @@ Templates = Annotated[str | None, typer.Option("--templates", help="Prompt templ
 Frames = Annotated[int | None, typer.Option("--num-frames", help="Frames per view.")]
 Clips = Annotated[int | None, typer.Option("--num-clips", help="Temporal views per video.")]
 Crops = Annotated[int | None, typer.Option("--num-crops", help="Spatial views: 1 or 3.")]
-Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
 Out = Annotated[str | None, typer.Option("--out", help="Results JSON (default: <run dir>/results.json).")]
 Pairs = Annotated[str | None, typer.Option("--pairs", help="Time-reversal class pairs (`class<TAB>mate` a line) for the "
                                            "direction accuracy (default: a synthetic root's pairs.txt).")]

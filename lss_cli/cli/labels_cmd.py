@@ -6,11 +6,11 @@ from typing import Annotated
 
 import typer
 
-from lss_cli.cli import app
+from lss_cli.cli import CONTEXT, app
 from lss_cli.cli.options import Json
 
 labels_app = typer.Typer(help="Built-in label sets (Kinetics, UCF101, HMDB51, K600 zero-shot, lss530).",
-                         context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True)
+                         context_settings=CONTEXT, no_args_is_help=True)
 app.add_typer(labels_app, name="labels")
 
 

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto = CUDA when present).")]
+# None = the config's value (default "auto": CUDA when present), so YAML and overrides can set it too.
+Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto = CUDA when present).",
+                                           show_default=False)]
 Seed = Annotated[int | None, typer.Option("--seed", help="Random seed (each rank adds its rank).")]
 OutputDir = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory (default: runs/<command>/<timestamp>).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Check inputs and show what would happen; do no heavy work.")]
@@ -15,7 +17,6 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or 
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty output location.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir.")]
-ConfigFile = Annotated[Path | None, typer.Argument(help="YAML config file (optional).", show_default=False)]
 Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted key=value overrides, e.g. optim.lr=1e-4.", show_default=False)]
 
 

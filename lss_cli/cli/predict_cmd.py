@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lss_cli.cli import app
-from lss_cli.cli.options import Json, Quiet
+from lss_cli.cli.options import Device, Json, Quiet
 
 
 @app.command("predict")
@@ -21,7 +21,7 @@ def predict(
     templates: Annotated[str, typer.Option("--templates", help="Prompt templates (prompts/ name or path).")] = "action_templates_v1",
     num_frames: Annotated[int, typer.Option("--num-frames", help="Frames per video.")] = 8,
     top_k: Annotated[int, typer.Option("--top-k", help="Labels shown per video.")] = 5,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = "auto",
+    device: Device = None,
     quiet: Quiet = False,
     json_out: Json = False,
 ) -> None:
@@ -41,7 +41,7 @@ def predict(
     set_quiet(quiet)
     results = run_predict([str(v) for v in videos], parse_label_arg(labels), checkpoint=checkpoint, model=model,
                           pretrained=None if pretrained.lower() == "none" else pretrained, templates=templates,
-                          num_frames=num_frames, top_k=top_k, device=device)
+                          num_frames=num_frames, top_k=top_k, device=device or "auto")
     from rich.markup import escape
 
     from lss_cli.cli.render import print_json, stdout

@@ -7,17 +7,17 @@ from typing import Annotated
 
 import typer
 
-from lss_cli.cli import app
-from lss_cli.cli.options import DryRun, Json, OutputDir, Overrides, Overwrite, Quiet, Resume, Seed
+from lss_cli.cli import CONTEXT, app
+from lss_cli.cli.options import Device, DryRun, Json, OutputDir, Overrides, Overwrite, Quiet, Resume, Seed
 
 
-@app.command("train", context_settings={"help_option_names": ["-h", "--help"]})
+@app.command("train", context_settings=CONTEXT)
 def train(
     args: Overrides = None,
     output_dir: OutputDir = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
-    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = None,
+    device: Device = None,
     seed: Seed = None,
     dry_run: DryRun = False,
     quiet: Quiet = False,
@@ -65,7 +65,7 @@ def train(
         stdout.print(kv_table("Training finished", summary))
 
 
-@app.command("export", context_settings={"help_option_names": ["-h", "--help"]})
+@app.command("export", context_settings=CONTEXT)
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Run dir, its checkpoints/ dir, or a checkpoints/step_* dir.")],
     out: Annotated[Path, typer.Option("--out", help="Output .safetensors file.")],

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lss_cli.data.datasets import VideoList, load_list
+from lss_cli.data.video_io import check_video
 from lss_cli.errors import ConfigError
+from lss_cli.runtime.progress import make_progress
+from lss_cli.runtime.rundir import write_text_atomic
 
 _WORKER_STATE: dict = {}  # set in each pool worker by _init_worker
 
@@ -41,8 +44,6 @@ def _init_worker(videos: VideoList, timeout: float) -> None:
 
 
 def _check_one(index: int) -> tuple[int, str | None]:
-    from lss_cli.data.video_io import check_video
-
     return index, check_video(_WORKER_STATE["videos"].path(index), _WORKER_STATE["timeout"])
 
 
@@ -79,8 +80,6 @@ def check_videos(videos: VideoList, *, workers: int = 1, timeout: float = 60.0, 
 
 def write_report(path: str | Path, rows: list[tuple[str, str]]) -> None:
     """TSV `path<TAB>reason` with a header line, written atomically (also when empty)."""
-    from lss_cli.runtime.rundir import write_text_atomic
-
     def clean(text: str) -> str:
         return " ".join(text.split())  # no tabs or newlines inside a field
 
@@ -95,8 +94,6 @@ def run_check(list_file: str | Path, root: str | Path, *, workers: int | None = 
               report: str | Path | None = None) -> CheckResult:
     """Check every video of `list_file` (any list format, paths relative to `root`) with a
     progress bar on stderr, and write the report (default `<list stem>.unreadable.tsv` here)."""
-    from lss_cli.runtime.progress import make_progress
-
     videos = load_list(list_file, root)
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     report = Path(report) if report is not None else default_report_path(list_file)

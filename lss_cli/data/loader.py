@@ -61,6 +61,7 @@ from lss_cli.data.sampling import (
 )
 from lss_cli.data.video_io import VideoReadError, read_union
 from lss_cli.errors import ConfigError, LssError
+from lss_cli.runtime.progress import warn
 from lss_cli.runtime.seeding import sample_seed
 
 __all__ = ["EvalShardSampler", "TrainLoader", "TrainShardSampler", "build_eval_loader", "build_train_loader",
@@ -222,8 +223,6 @@ class TrainLoader(DataLoader):
 
 
 def _warn_bad(path: str, reason: str) -> None:
-    from lss_cli.runtime.progress import warn
-
     warn(f"unreadable video replaced by another: {path} ({reason})")
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from lss_cli.data.datasets import VideoList, load_dataset
 from lss_cli.errors import ConfigError, InputFileError
+from lss_cli.runtime.rundir import write_text_atomic
 
 PREPARABLE = ("ucf101", "hmdb51", "kinetics400", "kinetics600")
 
@@ -46,8 +47,6 @@ def _official_lists(dataset: str, root: Path, splits_dir: Path | None) -> dict[s
 def prepare_lists(dataset: str, root: str | Path, out: str | Path, *, splits_dir: str | Path | None = None,
                   drop_missing: bool = False) -> dict:
     """Write the lists (see the module docstring) and return a summary dict."""
-    from lss_cli.runtime.rundir import write_text_atomic
-
     if dataset not in PREPARABLE:
         raise ConfigError(f"cannot prepare {dataset!r}: official files are read for {', '.join(PREPARABLE)}",
                           hint="other datasets are already plain lists or folders")

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from lss_cli.descriptions import DescriptionRecord, write_records
+from lss_cli.data.video_io import encode_video
+from lss_cli.describe.records import DescriptionRecord, write_records
 from lss_cli.errors import ConfigError
 
 
@@ -283,8 +284,6 @@ def generate(out_dir: str | Path, spec: SynthSpec) -> dict:
 
     Returns a summary dict. Deterministic for a seed.
     """
-    from lss_cli.data.video_io import encode_video
-
     spec.validate()
     out = Path(out_dir)
     motions = MOTIONS[: spec.classes]

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from safetensors.torch import load, save_file
 
+from lss_cli.runtime.progress import warn
+
 CACHE_VERSION = 1  # bump when the feature computation changes
 # A temp file of a killed writer is removed once it is this old (and its pid is gone): see
 # `_remove_stale_temp_files`.
@@ -162,8 +164,6 @@ class FeatureCache:
                 return None
             return _parse(version[1])
         except Exception as e:  # noqa: BLE001 - any damage means: recompute
-            from lss_cli.runtime.progress import warn
-
             warn(f"ignoring the unreadable feature cache {path} ({type(e).__name__}: {e}); it will be rebuilt")
             return None
 

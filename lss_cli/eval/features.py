@@ -31,10 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as tdist
 
+from lss_cli.data.loader import build_eval_loader, make_eval_views
 from lss_cli.eval.cache import FeatureCache, Row
 from lss_cli.eval.forward import EvalForward
-from lss_cli.runtime.progress import make_progress
+from lss_cli.runtime.dist import barrier, is_distributed
+from lss_cli.runtime.progress import log, make_progress, warn
 
 # Checkpoint interval while a list is encoded. Each checkpoint rewrites the whole file: 20,000
 # entries x 3 views x 512 floats (124 MB) take ~0.5 s to save on a 2-core CPU box
@@ -96,8 +99,6 @@ class _Checkpointer:
         try:
             self.flush()
         except Exception as e:  # noqa: BLE001 - reported, then the original exception goes on
-            from lss_cli.runtime.progress import warn
-
             warn(f"could not save the feature cache on the way out ({type(e).__name__}: {e})")
 
 
@@ -128,8 +129,6 @@ def _encode_batches(model, videos, views: Views, kind: str, *, batch_size: int, 
     them at once would make the host wait for the GPU every batch and leave the GPU idle while the
     host fetches, copies and launches the next one. If anything fails (Ctrl-C included), the batch
     already computed is still yielded before the error propagates, so it reaches the cache."""
-    from lss_cli.data.loader import build_eval_loader, make_eval_views
-
     rank, world = _rank_world()
     size = model.clip.image_size
     loader = build_eval_loader(videos, num_frames=views.num_frames, num_clips=views.num_clips,
@@ -190,9 +189,7 @@ def _rows(batch: dict[str, Any], z: torch.Tensor, done: Any) -> list[tuple[int, 
 
 def _gather(local: dict[int, Row]) -> dict[int, Row]:
     """Union of every rank's results (eval shards are disjoint). No-op in a single process."""
-    import torch.distributed as tdist
-
-    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+    if not is_distributed() or tdist.get_world_size() == 1:
         return local
     parts: list[Any] = [None] * tdist.get_world_size()
     tdist.all_gather_object(parts, local)
@@ -225,8 +222,6 @@ def _encode_missing(model, videos, keys: list[str], cache: FeatureCache | None, 
         except BaseException:
             checkpoint.flush_on_error()
             if cache is not None and local and rank == 0:
-                from lss_cli.runtime.progress import log
-
                 log(f"stopped: the features of the {len(local)} video(s) finished{' on rank 0' if world > 1 else ''} "
                     f"are in the cache ({cache.path.parent}); a rerun encodes only the rest")
             raise
@@ -262,7 +257,7 @@ def extract_features(model, videos, views: Views, *, kind: str = "proj", cache_d
                 cache.add(keys[j], *got[j])  # another rank's video (rank 0 writes them to the main file)
         if cache is not None and _is_main():
             cache.merge_partials()
-        _barrier()  # every rank then reads the same cache file, so all agree on what is missing
+        barrier()  # every rank then reads the same cache file, so all agree on what is missing
     feats = torch.stack([rows[i][0] for i in range(len(videos))])
     ok = torch.tensor([rows[i][1] for i in range(len(videos))], dtype=torch.bool)
     errors = {i: rows[i][2] for i in range(len(videos)) if not rows[i][1]}
@@ -276,10 +271,10 @@ def _open_cache(cache_dir: str | Path | None, model, kind: str, views: Views) ->
         return None
     cache = FeatureCache(cache_dir, {"model": model.model_id, "kind": kind, "views": views.__dict__,
                                      "image_size": model.clip.image_size})
-    _barrier()  # every rank has read the partial files before rank 0 removes them
+    barrier()  # every rank has read the partial files before rank 0 removes them
     if cache.partials and _is_main():
         cache.merge_partials()
-    _barrier()  # ... and they are gone before any rank writes its own
+    barrier()  # ... and they are gone before any rank writes its own
     return cache
 
 
@@ -289,9 +284,7 @@ def _key(path: str) -> str:
 
 
 def _rank_world() -> tuple[int, int]:
-    import torch.distributed as tdist
-
-    if tdist.is_available() and tdist.is_initialized():
+    if is_distributed():
         return tdist.get_rank(), tdist.get_world_size()
     return 0, 1
 
@@ -299,9 +292,3 @@ def _rank_world() -> tuple[int, int]:
 def _is_main() -> bool:
     return _rank_world()[0] == 0
 
-
-def _barrier() -> None:
-    import torch.distributed as tdist
-
-    if tdist.is_available() and tdist.is_initialized():
-        tdist.barrier()

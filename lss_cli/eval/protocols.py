@@ -19,20 +19,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from lss_cli.concepts.templates import load_templates
 from lss_cli.config import EvalConfig, to_dict
+from lss_cli.data.datasets import VideoList, load_dataset
 from lss_cli.errors import ConfigError, LssError
 from lss_cli.eval.features import Features, Views, extract_features
+from lss_cli.eval.linear_probe import linear_probe
 from lss_cli.eval.metrics import (
     confusion_matrix,
     direction_accuracy,
     mean_std,
     per_class_accuracy,
     topk_correct,
-    view_averaged_probs,
 )
 from lss_cli.eval.pairs import ClassPairs, mate_indices, pairs_path, read_pairs
+from lss_cli.eval.zero_shot import class_classifier, logit_scale, zero_shot_probs
+from lss_cli.models.artefact import VideoModel
 
 SPLIT_DATASETS = ("ucf101", "hmdb51", "kinetics600-zs")  # datasets with official numbered splits
 
@@ -40,7 +45,7 @@ SPLIT_DATASETS = ("ucf101", "hmdb51", "kinetics600-zs")  # datasets with officia
 @dataclass
 class EvalContext:
     cfg: EvalConfig
-    model: Any  # VideoModel
+    model: VideoModel
     device: torch.device
     cache_dir: Path | None
     views: Views
@@ -84,14 +89,12 @@ def check_pairs(cfg: EvalConfig) -> ClassPairs | None:
     return pairs
 
 
-def load_split(cfg: EvalConfig, split: str, part: str):
+def load_split(cfg: EvalConfig, split: str, part: str) -> VideoList:
     """The VideoList of one split's `part` ("train" or "test").
 
     Official datasets take both parts from their split files. Other datasets take the test part
     from `list_file` (else their own test list) and the train part from `train_list` (else their
     own train list); a linear probe never trains on the list it is scored on (`check_protocol`)."""
-    from lss_cli.data.datasets import load_dataset
-
     if cfg.dataset == "kinetics600-zs":
         return load_dataset(cfg.dataset, cfg.root, int(split), cfg.list_file)
     if cfg.dataset in ("ucf101", "hmdb51"):
@@ -101,7 +104,7 @@ def load_split(cfg: EvalConfig, split: str, part: str):
     return load_dataset(cfg.dataset, cfg.root, part, cfg.list_file)
 
 
-def _features(ctx: EvalContext, videos, kind: str, desc: str) -> Features:
+def _features(ctx: EvalContext, videos: VideoList, kind: str, desc: str) -> Features:
     return extract_features(ctx.model, videos, ctx.views, kind=kind, cache_dir=ctx.cache_dir,
                             batch_size=ctx.cfg.batch_size, num_workers=ctx.cfg.num_workers, device=ctx.device,
                             desc=desc, compile=_compile_on(ctx))
@@ -113,14 +116,12 @@ def _compile_on(ctx: EvalContext) -> bool:
     return ctx.cfg.compile if ctx.cfg.compile is not None else ctx.device.type == "cuda"
 
 
-def _unreadable(videos, feats: Features) -> list[dict[str, str]]:
+def _unreadable(videos: VideoList, feats: Features) -> list[dict[str, str]]:
     return [{"path": videos.relpath(i), "error": err} for i, err in sorted(feats.errors.items())]
 
 
-def _require_labels(videos, what: str) -> None:
+def _require_labels(videos: VideoList, what: str) -> None:
     """Every listed video needs a class: an unlabelled one cannot be scored (nor silently skipped)."""
-    import numpy as np
-
     if len(videos) == 0:
         raise ConfigError(f"{what} has no videos ({videos.source})", hint="check --root, --list-file and --splits")
     missing = np.flatnonzero(videos.labels < 0)
@@ -129,7 +130,7 @@ def _require_labels(videos, what: str) -> None:
                           hint="evaluation lists need `path label` lines")
 
 
-def _split_record(split: str, videos, feats: Features, pred: torch.Tensor, correct1: torch.Tensor,
+def _split_record(split: str, videos: VideoList, feats: Features, pred: torch.Tensor, correct1: torch.Tensor,
                   extra: dict[str, Any]) -> dict[str, Any]:
     labels = torch.as_tensor(videos.labels)
     K = len(videos.classes)
@@ -148,7 +149,7 @@ def _split_record(split: str, videos, feats: Features, pred: torch.Tensor, corre
     }
 
 
-def _direction(ctx: EvalContext, videos, scores: torch.Tensor, ok: torch.Tensor) -> dict[str, Any]:
+def _direction(ctx: EvalContext, videos: VideoList, scores: torch.Tensor, ok: torch.Tensor) -> dict[str, Any]:
     """direction_accuracy / direction_videos of one split from its test scores [N, K]; nothing
     when no pairs are in effect. The accuracy is None when no test video's class has a mate."""
     if ctx.pairs is None:
@@ -160,30 +161,24 @@ def _direction(ctx: EvalContext, videos, scores: torch.Tensor, ok: torch.Tensor)
 
 def zero_shot_split(ctx: EvalContext, split: str) -> dict[str, Any]:
     """Zero-shot on one split's test videos: view-averaged softmax over the class names."""
-    from lss_cli.concepts import build_category_bank, load_templates
-
     videos = load_split(ctx.cfg, split, "test")
     _require_labels(videos, f"split {split} test list")
     feats = _features(ctx, videos, "proj", f"zero-shot split {split}")
     classes = tuple(videos.classes)
     if classes not in ctx.classifiers:  # UCF101's and HMDB51's splits share their classes: encode once
-        ctx.classifiers[classes] = build_category_bank(ctx.model.clip, classes, load_templates(ctx.cfg.templates))
-    classifier = ctx.classifiers[classes]  # [K, D]
-    logit_scale = float(ctx.model.clip.model.logit_scale.detach().exp())
-    probs = view_averaged_probs(feats.feats, classifier, logit_scale)  # [N, K]
+        ctx.classifiers[classes] = class_classifier(ctx.model, classes, load_templates(ctx.cfg.templates))
+    probs = zero_shot_probs(ctx.model, feats.feats, ctx.classifiers[classes])  # [N, K]
     labels = torch.as_tensor(videos.labels)
     top1 = topk_correct(probs, labels, feats.ok, 1)
     top5 = topk_correct(probs, labels, feats.ok, 5)
     pred = torch.where(feats.ok, probs.argmax(1), torch.full_like(labels, -1))
     return _split_record(split, videos, feats, pred, top1,
                          {"top5": float(top5.double().mean()), **_direction(ctx, videos, probs, feats.ok),
-                          "logit_scale": logit_scale, "predictions": pred.tolist()})
+                          "logit_scale": logit_scale(ctx.model), "predictions": pred.tolist()})
 
 
 def linear_probe_split(ctx: EvalContext, split: str) -> dict[str, Any]:
     """Linear probe on one split: fit on its readable train videos, score every test video."""
-    from lss_cli.eval.linear_probe import linear_probe
-
     train, test = load_split(ctx.cfg, split, "train"), load_split(ctx.cfg, split, "test")
     if tuple(train.classes) != tuple(test.classes):
         raise ConfigError(f"split {split}: the train list's classes differ from the test list's",
@@ -220,8 +215,6 @@ def _protocol_details(ctx: EvalContext, protocol: str) -> dict[str, Any]:
                          "CLIP mean/std",
     }
     if protocol == "zero-shot":
-        from lss_cli.concepts import load_templates
-
         t = load_templates(ctx.cfg.templates)
         details.update(aggregation="softmax(logit_scale x cosine) averaged over views",
                        templates={"name": t.name, "version": t.version, "sha256": t.sha256, "path": t.path,

@@ -12,7 +12,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from lss_cli.config import EvalConfig
+from lss_cli.eval.features import Views
+from lss_cli.eval.protocols import EvalContext, check_pairs, check_protocol, run_protocol
+from lss_cli.models.artefact import load_video_model
+from lss_cli.runtime.device import resolve_device
+from lss_cli.runtime.dist import barrier, cleanup, init_distributed
 from lss_cli.runtime.rundir import default_run_dir, environment, prepare_run_dir, write_text_atomic
 
 DEFAULT_CACHE_DIR = Path("runs") / "feature-cache"  # shared by every eval run started in this folder
@@ -25,14 +33,6 @@ def evaluate(cfg: EvalConfig, protocol: str, *, output_dir: str | Path | None = 
     Under `torchrun` every rank decodes and encodes its shard of each list, the features are
     gathered, and rank 0 alone writes results.json and the plots (`is_main` says which rank this is).
     """
-    import torch
-
-    from lss_cli.eval.features import Views
-    from lss_cli.eval.protocols import EvalContext, check_pairs, check_protocol, run_protocol
-    from lss_cli.models.artefact import load_video_model
-    from lss_cli.runtime.device import resolve_device
-    from lss_cli.runtime.dist import barrier, cleanup, init_distributed
-
     check_protocol(cfg, protocol)
     pairs = check_pairs(cfg)
     device = resolve_device(cfg.device)
@@ -67,11 +67,11 @@ def evaluate(cfg: EvalConfig, protocol: str, *, output_dir: str | Path | None = 
 
 def write_plots(results: dict[str, Any], run_dir: Path, prefix: str = "") -> list[str]:
     """Per-class accuracy bars and a confusion matrix per split (needs the `plots` extra)."""
-    try:
-        import matplotlib
+    try:  # matplotlib is an optional extra, so it is imported here and not at the top
+        import matplotlib  # noqa: PLC0415
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         return []
     written = []
@@ -96,8 +96,6 @@ def write_plots(results: dict[str, Any], run_dir: Path, prefix: str = "") -> lis
 
 
 def _confusion_plot(plt, s: dict[str, Any], dataset: str, tag: str, run_dir: Path) -> str:
-    import numpy as np
-
     cm = np.array(s["confusion"], dtype=float)  # [K, K+1], last column = unreadable
     cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     k = cm.shape[0]

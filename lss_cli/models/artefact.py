@@ -23,6 +23,10 @@ from safetensors.torch import save_file
 from lss_cli import __version__
 from lss_cli.config import ModelConfig, TrainConfig, from_dict
 from lss_cli.errors import InputFileError, LssError
+from lss_cli.hashing import file_sha256
+from lss_cli.models.clip import Clip, load_clip
+from lss_cli.models.video import build_video_encoder
+from lss_cli.runtime.checkpoint import load_checkpoint
 
 FORMAT = "lss-video-model/1"
 
@@ -30,7 +34,7 @@ FORMAT = "lss-video-model/1"
 @dataclass
 class VideoModel:
     encoder: torch.nn.Module  # VideoEncoder, eval mode
-    clip: Any  # lss_cli.models.clip.Clip (text tower, tokenizer, mean/std)
+    clip: Clip  # text tower, tokenizer, mean/std
     source: str  # what was loaded ("baseline", a file or a checkpoint path)
     model_id: str  # identity for caches and results: sha of the weights or the baseline's weights id
     meta: dict[str, Any]
@@ -38,9 +42,6 @@ class VideoModel:
 
 def export_teacher(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
     """Write the teacher of a training checkpoint + CLIP's text side as one safetensors file."""
-    from lss_cli.models.clip import load_clip
-    from lss_cli.runtime.checkpoint import load_checkpoint
-
     ck = load_checkpoint(checkpoint)
     cfg = from_dict(TrainConfig, ck.meta["config"])
     clip = load_clip(cfg.model.name, cfg.model.pretrained, seed=cfg.run.seed)
@@ -63,10 +64,6 @@ def export_teacher(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
 
 
 def _load_export(path: Path) -> VideoModel:
-    from lss_cli.hashing import file_sha256
-    from lss_cli.models.clip import load_clip
-    from lss_cli.models.video import build_video_encoder
-
     hint = "create one with `lss export RUN_DIR --out model.safetensors`"
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -96,11 +93,6 @@ def _load_export(path: Path) -> VideoModel:
 
 
 def _load_checkpoint(path: Path) -> VideoModel:
-    from lss_cli.hashing import file_sha256
-    from lss_cli.models.clip import load_clip
-    from lss_cli.models.video import build_video_encoder
-    from lss_cli.runtime.checkpoint import load_checkpoint
-
     ck = load_checkpoint(path)
     cfg = from_dict(TrainConfig, ck.meta["config"])
     clip = load_clip(cfg.model.name, cfg.model.pretrained, seed=cfg.run.seed)
@@ -126,9 +118,6 @@ def load_video_model(source: str | Path | None, *, model: str = "ViT-B-16", pret
 
 def _load(source: str | Path | None, model: str, pretrained: str | None, seed: int) -> VideoModel:
     if source is None or str(source).lower() in ("none", "baseline"):
-        from lss_cli.models.clip import load_clip
-        from lss_cli.models.video import build_video_encoder
-
         clip = load_clip(model, pretrained, seed=seed)
         # temporal="mean": no new parameters, exactly CLIP applied per frame then averaged.
         encoder = build_video_encoder(clip, ModelConfig(name=model, pretrained=pretrained, temporal="mean"))

@@ -10,6 +10,7 @@ open_clip on import, so every command can run on a CPU in seconds without downlo
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 import os
@@ -21,6 +22,9 @@ from typing import Any
 
 import open_clip
 import torch
+from open_clip.tokenizer import SimpleTokenizer
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from lss_cli.errors import ConfigError, LssError
 from lss_cli.hashing import file_sha256
@@ -69,8 +73,6 @@ def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str]:
         digest = hashlib.sha256("".join(file_sha256(p) for p in weights).encode()).hexdigest()
         return f"{LOCAL_DIR}{folder}", None, f"local-dir-sha256:{digest}"
     if name not in open_clip.list_models():
-        import difflib
-
         close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
         raise ConfigError(f"unknown open_clip model {name!r}",
                           hint=(f"did you mean {', '.join(close)}? " if close else "")
@@ -143,15 +145,11 @@ def _is_compact(path: str) -> bool:
     """A safetensors file written by `save_compact` (only the known token rows)."""
     if not path.endswith(".safetensors"):
         return False
-    from safetensors import safe_open
-
     with safe_open(path, framework="pt") as f:
         return ROWS_KEY in f.keys()
 
 
 def _load_compact(model: torch.nn.Module, path: str) -> None:
-    from safetensors.torch import load_file
-
     state = expand_state(load_file(path), vocab_size=model.token_embedding.weight.shape[0])
     model.load_state_dict(state)
 
@@ -178,8 +176,6 @@ def expand_state(state: dict[str, torch.Tensor], vocab_size: int) -> dict[str, t
 
 def save_compact(model: torch.nn.Module, path: str | Path, metadata: dict[str, str]) -> None:
     """Write a model whose unknown token rows are zero as a compact safetensors file."""
-    from safetensors.torch import save_file
-
     save_file(compact_state(model), str(path), metadata=metadata)
 
 
@@ -190,8 +186,6 @@ def clip_loss() -> torch.nn.Module:
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Write a CLIP state dict as safetensors (the format `load_clip(pretrained=path)` reads)."""
-    from safetensors.torch import save_file
-
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(path))
 
@@ -216,6 +210,4 @@ def clip_token_counts(texts: list[str]) -> list[int]:
 
 @lru_cache(maxsize=1)
 def _bpe_tokenizer():
-    from open_clip.tokenizer import SimpleTokenizer
-
     return SimpleTokenizer()

@@ -17,7 +17,8 @@ def _inductor_workarounds() -> None:
     # torch 2.11: compiling the 96-px tower crashed in tiling_utils.get_pw_red_splits (AssertionError);
     # disabling coalesce tiling analysis avoided it (SPEC §5). Harmless where the option is absent.
     try:
-        import torch._inductor.config as inductor_config
+        # A private module (absent in some builds): imported inside the guard, not at the top.
+        import torch._inductor.config as inductor_config  # noqa: PLC0415
 
         if hasattr(inductor_config.triton, "coalesce_tiling_analysis"):
             inductor_config.triton.coalesce_tiling_analysis = False

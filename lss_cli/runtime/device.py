@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from lss_cli.config import check_device
 from lss_cli.errors import ConfigError
 
 
 def resolve_device(name: str = "auto"):
-    import torch
-
     check_device(name)
     if name == "auto":
         if torch.cuda.is_available():

@@ -1,12 +1,16 @@
 """torch.distributed for `torchrun`: one process per GPU (NCCL) or per CPU worker (gloo).
 
-A single-process run (no RANK/WORLD_SIZE in the environment) creates no process group at all.
+A single-process run (no RANK/WORLD_SIZE in the environment) creates no process group at all, so
+every helper here is a no-op without one; `is_distributed()` is the one test of that.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
 
 
 @dataclass(frozen=True)
@@ -24,15 +28,17 @@ class DistInfo:
         return self.world_size > 1
 
 
+def is_distributed() -> bool:
+    """True inside an initialised process group (torch builds without distributed support have none)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Initialise the process group when launched by torchrun; otherwise a no-op."""
-    import torch
-    import torch.distributed as dist
-
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
+    if not is_distributed():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(info.local_rank)
@@ -41,24 +47,18 @@ def init_distributed(device_type: str) -> DistInfo:
 
 
 def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.barrier()
 
 
-def all_reduce_mean_(tensor):
+def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
     """In-place mean over ranks (no-op without a process group); no host sync."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if is_distributed() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor.div_(dist.get_world_size())
     return tensor
 
 
 def cleanup() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()

@@ -8,14 +8,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lss_cli.errors import ConfigError
+
 
 def tensorboard_writer_class():
     """torch's SummaryWriter, or a ConfigError saying how to get it (checked before any heavy work)."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        # Imported here, not at the top: tensorboard is an optional extra.
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
     except ImportError:
-        from lss_cli.errors import ConfigError
-
         raise ConfigError("log.tensorboard=true needs the tensorboard package",
                           hint="pip install 'lss-cli[tensorboard]', or set log.tensorboard=false") from None
     return SummaryWriter

@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lss_cli import __version__
 from lss_cli.errors import ConfigError
 
 
@@ -70,8 +71,6 @@ def git_sha(cwd: str | Path | None = None) -> str | None:
 
 def environment(device: str | None = None) -> dict[str, Any]:
     """What env.json records: argv, versions, git sha, device. Never environment variables (secrets)."""
-    from lss_cli import __version__
-
     return {
         "argv": sys.argv,
         "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),

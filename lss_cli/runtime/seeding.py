@@ -8,11 +8,11 @@ from __future__ import annotations
 import hashlib
 import random
 
+import numpy as np
+import torch
+
 
 def seed_everything(seed: int, rank: int = 0) -> int:
-    import numpy as np
-    import torch
-
     s = seed + rank
     random.seed(s)
     np.random.seed(s % 2**32)

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lss_cli.concepts.build import build_concepts
 from lss_cli.config import ConceptsConfig, TrainConfig
+from lss_cli.data.stills import attribute_prompts
+from lss_cli.data.synth import benchmark_spec, generate
 from lss_cli.errors import ConfigError
+from lss_cli.runtime.metrics import tensorboard_writer_class
 from lss_cli.runtime.progress import log
 
 
@@ -22,9 +26,7 @@ def _synthetic(cfg: TrainConfig) -> bool:
 def check_inputs(cfg: TrainConfig) -> None:
     """Fail fast, naming the missing input and how to make it."""
     if cfg.log.tensorboard:
-        from lss_cli.runtime.metrics import tensorboard_writer_class
-
-        tensorboard_writer_class()
+        tensorboard_writer_class()  # raises, saying how to install it, when tensorboard is missing
     if not Path(cfg.loss.concepts).is_file() and not _synthetic(cfg):
         raise ConfigError(f"concept bank not found: {cfg.loss.concepts}",
                           hint="build it with `lss build-concepts ... --out " + cfg.loss.concepts + "`")
@@ -38,8 +40,6 @@ def ensure_synthetic_inputs(cfg: TrainConfig) -> None:
         return
     root = Path(cfg.data.root)
     if not (root / "classes.txt").is_file():
-        from lss_cli.data.synth import benchmark_spec, generate
-
         log(f"generating the synthetic dataset in {root}")
         generate(root, benchmark_spec(seed=cfg.run.seed))
     if not Path(cfg.loss.concepts).is_file():
@@ -52,9 +52,6 @@ def build_synthetic_concepts(root: str | Path, out: str | Path, model: str, pret
     """Both banks of a synthetic dataset: the class names; the class descriptions (unless
     `descriptions` is False, an ablation) and the world's attribute sentences ("a shape on the
     left", "a large shape", ...) as unowned extras: the concepts the pretrained tiny CLIP grounds."""
-    from lss_cli.concepts import build_concepts
-    from lss_cli.data.stills import attribute_prompts
-
     root, out = Path(root), Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     world = out.with_name(out.stem + "-world-sentences.txt")

@@ -1,7 +1,9 @@
-"""LSS self-distillation: setup, the epoch loop, and one readable training step (DINO style).
+"""LSS self-distillation: setup, the epoch loop, checkpoints, and stopping on a signal.
 
 The same code runs on a laptop CPU with the tiny model, on one GPU, and under
-`torchrun --nproc-per-node N -m lss_cli train ...` (DDP; NCCL on GPU, gloo on CPU).
+`torchrun --nproc-per-node N -m lss_cli train ...` (DDP; NCCL on GPU, gloo on CPU). The models,
+loss, optimizer and schedules come from `lss_cli.train.build`; one optimizer step is
+`lss_cli.train.step.train_step`.
 
 Determinism (what makes `--resume` exact): data order is a function of (seed, epoch); the
 frame sampling of a sample is a function of (seed, epoch, index); the device-side augmentation of
@@ -11,29 +13,32 @@ replays steps k+1... exactly as the uninterrupted run did.
 
 from __future__ import annotations
 
-import copy
+import json
 import math
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.progress import Progress, TaskID
 
 from lss_cli.config import TrainConfig, dump_yaml, to_dict
+from lss_cli.data.loader import TrainLoader, build_train_loader
 from lss_cli.errors import LssError
 from lss_cli.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
-from lss_cli.runtime.compile import maybe_compile
-from lss_cli.runtime.dist import DistInfo, barrier, cleanup, init_distributed
+from lss_cli.runtime.device import resolve_device
+from lss_cli.runtime.dist import DistInfo, all_reduce_mean_, barrier, cleanup, init_distributed
 from lss_cli.runtime.metrics import MetricsWriter, read_metrics
-from lss_cli.runtime.progress import log, make_progress, warn
+from lss_cli.runtime.progress import log, make_progress
 from lss_cli.runtime.rundir import default_run_dir, prepare_run_dir, write_run_files, write_text_atomic
 from lss_cli.runtime.seeding import seed_everything
-from lss_cli.train.ema import ema_update
-from lss_cli.train.schedules import Schedules, build_schedules
+from lss_cli.train.build import Components, build_components, load_clip_and_bank
+from lss_cli.train.inputs import check_inputs, ensure_synthetic_inputs
+from lss_cli.train.step import train_step
 
 
 class NonFiniteLoss(LssError):
@@ -41,104 +46,16 @@ class NonFiniteLoss(LssError):
 
 
 @dataclass
-class Trainer:
-    """Everything the epoch loop touches, built once by `setup()`."""
+class Trainer(Components):
+    """A run's components plus what the epoch loop keeps; built once by `setup()`."""
 
-    cfg: TrainConfig
-    dist: DistInfo
-    device: torch.device
     run_dir: Path
-    student: torch.nn.Module  # DDP-wrapped when distributed
-    student_raw: torch.nn.Module  # the module itself (EMA source, checkpoints)
-    teacher: torch.nn.Module
-    loss_fn: Any  # lss_cli.train.losses.LSSLoss
-    optimizer: torch.optim.Optimizer
-    loader: Any  # DataLoader of uint8 clips
-    schedules: Schedules
+    loader: TrainLoader  # of uint8 clips
     iters_per_epoch: int  # optimizer steps per epoch
     accum: int  # micro-batches per optimizer step
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    student_fwd: Any = None  # (guarded-)compiled forward functions
-    teacher_fwd: Any = None
     step: int = 0  # optimizer steps completed
     metrics: MetricsWriter | None = None
-    stop_requested: bool = False  # set by SIGINT; honoured between steps
-    header: dict[str, Any] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------------------------
-# One training step
-# --------------------------------------------------------------------------------------------
-
-
-def _view_groups(global_views: torch.Tensor, local_views: Any) -> list[tuple[torch.Tensor, int]]:
-    """(inputs [B*v, T, 3, S, S], v) for each group of same-shaped views: globals, then locals.
-
-    Views of one size go through the encoder in one call; `local_views` is a list (one
-    [B, T_i, 3, S, S] per view) when the local views have different frame counts."""
-    groups = [(global_views.flatten(0, 1), global_views.shape[1])]
-    if isinstance(local_views, torch.Tensor):
-        if local_views.shape[1] > 0:
-            groups.append((local_views.flatten(0, 1), local_views.shape[1]))
-    else:
-        groups.extend((view, 1) for view in local_views)
-    return groups
-
-
-def _encode_views(forward, groups: list[tuple[torch.Tensor, int]], batch: int) -> torch.Tensor:
-    """Run the encoder on each view group and return z as [V, B, D] in view order."""
-    out = []
-    for x, v in groups:
-        z = forward(x)  # [B*v, D]; flatten(0, 1) of [B, v] put view j of clip b at b * v + j
-        out.append(z.view(batch, v, -1).transpose(0, 1))  # [v, B, D]
-    return torch.cat(out, 0)
-
-
-def train_step(t: Trainer, micro_batches: list[Any], step: int, make_views=None) -> dict[str, torch.Tensor]:
-    """One optimizer step over `accum` micro-batches: teacher forward (global views), student
-    forward/backward (all views), clip, AdamW, EMA. Returns detached loss parts (no host sync).
-
-    `make_views(batch, i) -> (global_views, local_views)` turns a loader batch into float views on
-    the device (default: the GPU-side augmentation); benchmarks pass ready-made views instead."""
-    cfg = t.cfg
-    t.schedules.apply(t.optimizer, step)
-    student_temp = cfg.loss.student_temp
-    teacher_temp = float(t.schedules.teacher_temp[step])
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if t.device.type == "cuda" else nullcontext()
-    parts_sum: dict[str, torch.Tensor] = {}
-    make_views = make_views or (lambda batch, i: _make_views(t, batch, step, i))
-    for i, batch in enumerate(micro_batches):
-        global_views, local_views = make_views(batch, i)  # [B, V_g, T, 3, G, G], [B, V_l, T_l, 3, L, L]
-        B = global_views.shape[0]
-        groups = _view_groups(global_views, local_views)
-        # DDP all-reduces gradients only on the last micro-batch of an accumulation group.
-        sync = i == len(micro_batches) - 1 or not t.dist.distributed
-        with autocast:
-            with torch.no_grad():
-                teacher_z = _encode_views(t.teacher_fwd, groups[:1], B)  # [V_g, B, D]: global views only
-            with (nullcontext() if sync else t.student.no_sync()):
-                student_z = _encode_views(t.student_fwd, groups, B)  # [V_g + V_l, B, D]
-                loss, parts = t.loss_fn(student_z, teacher_z, student_temp, teacher_temp)
-                (loss / len(micro_batches)).backward()
-        for k, v in parts.items():
-            parts_sum[k] = parts_sum.get(k, 0) + v / len(micro_batches)
-    if cfg.optim.clip_grad > 0:
-        parts_sum["grad_norm"] = torch.nn.utils.clip_grad_norm_(t.student.parameters(), cfg.optim.clip_grad)
-    t.optimizer.step()
-    t.optimizer.zero_grad(set_to_none=True)
-    ema_update(t.teacher, t.student_raw, float(t.schedules.teacher_momentum[step]))
-    return parts_sum
-
-
-def _make_views(t: Trainer, batch: dict[str, Any], step: int, micro: int):
-    from lss_cli.data.loader import make_train_views
-    from lss_cli.runtime.seeding import sample_seed
-
-    # Parameters are drawn on the CPU, applied on the device. Augmentation randomness is a function
-    # of (seed, rank, step, micro-batch), so a resumed run replays it exactly.
-    g = torch.Generator().manual_seed(sample_seed(t.cfg.run.seed, t.dist.rank, step, micro))
-    return make_train_views(batch, t.cfg.views, t.mean, t.std, t.device, generator=g)
+    stop_requested: bool = False  # set by a stop signal; honoured between steps
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,7 +63,7 @@ def _make_views(t: Trainer, batch: dict[str, Any], step: int, micro: int):
 # --------------------------------------------------------------------------------------------
 
 
-def train_one_epoch(t: Trainer, epoch: int, progress, task) -> None:
+def train_one_epoch(t: Trainer, epoch: int, progress: Progress, task: TaskID) -> None:
     cfg = t.cfg
     t.loader.set_epoch(epoch)
     first = t.step - epoch * t.iters_per_epoch  # optimizer steps of this epoch already done (resume)
@@ -174,7 +91,7 @@ def train_one_epoch(t: Trainer, epoch: int, progress, task) -> None:
             raise KeyboardInterrupt
 
 
-def _batches(t: Trainer):
+def _batches(t: Trainer) -> Iterator[dict[str, Any]]:
     """Iterate the loader; after Ctrl-C the workers are gone, so a failing fetch means "stop"."""
     it = iter(t.loader)
     while True:
@@ -191,8 +108,6 @@ def _batches(t: Trainer):
 def _reduce_parts(parts: dict[str, torch.Tensor]) -> dict[str, float]:
     """Loss parts averaged over ranks (every rank calls this), as floats: the one host sync, at
     logging steps only."""
-    from lss_cli.runtime.dist import all_reduce_mean_
-
     keys = sorted(parts)
     stacked = all_reduce_mean_(torch.stack([parts[k].detach().float() for k in keys]))
     return dict(zip(keys, stacked.tolist(), strict=True))
@@ -257,27 +172,22 @@ def _run_dir(cfg: TrainConfig, dist: DistInfo) -> Path:
     return path
 
 
-def _build_models(cfg: TrainConfig, device: torch.device):
-    from lss_cli.concepts import load_concept_bank
-    from lss_cli.models.clip import load_clip
-    from lss_cli.models.video import build_video_encoder
-    from lss_cli.train.losses import LSSLoss
-
-    clip = load_clip(cfg.model.name, cfg.model.pretrained, device="cpu", seed=cfg.run.seed)
-    bank = load_concept_bank(cfg.loss.concepts, expect_model=cfg.model.name, expect_weights=clip.weights_id)
-    student = build_video_encoder(clip, cfg.model).to(device)
-    teacher = copy.deepcopy(student)
-    teacher.requires_grad_(False)
-    teacher.eval()  # no dropout / drop-path in the teacher
-    loss_fn = LSSLoss.from_config({"category": bank.category, "description": bank.description,
-                                   "description_owner": bank.description_owner}, cfg.loss).to(device)
-    return clip, student, teacher, loss_fn
+def _batch_plan(cfg: TrainConfig, dist: DistInfo, batches_per_epoch: int) -> tuple[int, int]:
+    """(micro-batches per optimizer step, optimizer steps per epoch) for optim.global_batch."""
+    per_step = cfg.data.batch_size * dist.world_size
+    global_batch = cfg.optim.global_batch or per_step
+    if global_batch % per_step:
+        raise LssError(f"optim.global_batch={global_batch} is not a multiple of data.batch_size x world size = {per_step}")
+    accum = global_batch // per_step
+    iters_per_epoch = batches_per_epoch // accum
+    if iters_per_epoch < 1:
+        raise LssError(f"the dataset gives {batches_per_epoch} batches per rank, fewer than one optimizer step "
+                       f"({accum} micro-batches)", hint="lower data.batch_size or optim.global_batch")
+    return accum, iters_per_epoch
 
 
 def setup(cfg: TrainConfig) -> Trainer:
-    from lss_cli.data.loader import build_train_loader
-    from lss_cli.runtime.device import resolve_device
-
+    """Device, process group, seeds, run dir, inputs and loader; then the components (build.py)."""
     device = resolve_device(cfg.run.device)
     dist = init_distributed(device.type)
     if dist.distributed and device.type == "cuda":
@@ -285,49 +195,15 @@ def setup(cfg: TrainConfig) -> Trainer:
     seed_everything(cfg.run.seed, dist.rank)
     run_dir = _run_dir(cfg, dist)
     if dist.is_main:
-        from lss_cli.train.inputs import check_inputs, ensure_synthetic_inputs
-
         ensure_synthetic_inputs(cfg)
         check_inputs(cfg)
     barrier()  # other ranks wait for rank 0 to make the inputs
-    clip, student, teacher, loss_fn = _build_models(cfg, device)
+    clip, bank = load_clip_and_bank(cfg)
     loader = build_train_loader(cfg.data, cfg.views, seed=cfg.run.seed, rank=dist.rank, world_size=dist.world_size)
-    per_step = cfg.data.batch_size * dist.world_size
-    global_batch = cfg.optim.global_batch or per_step
-    if global_batch % per_step:
-        raise LssError(f"optim.global_batch={global_batch} is not a multiple of data.batch_size x world size = {per_step}")
-    accum = global_batch // per_step
-    iters_per_epoch = len(loader) // accum
-    if iters_per_epoch < 1:
-        raise LssError(f"the dataset gives {len(loader)} batches per rank, fewer than one optimizer step "
-                       f"({accum} micro-batches)", hint="lower data.batch_size or optim.global_batch")
-    # Linear scaling rule: the configured lrs are per 256 clips of global batch.
-    schedules = build_schedules(cfg.optim, cfg.teacher, cfg.loss, iters_per_epoch, lr_scale=global_batch / 256)
-    student_raw = student
-    if dist.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        student = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(student_raw.param_groups(cfg.optim.lr, cfg.optim.temporal_lr, cfg.optim.weight_decay),
-                                  betas=cfg.optim.betas, fused=device.type == "cuda")
-    compile_on = cfg.model.compile if cfg.model.compile is not None else device.type == "cuda"
-    t = Trainer(cfg=cfg, dist=dist, device=device, run_dir=run_dir, student=student, student_raw=student_raw,
-                teacher=teacher, loss_fn=loss_fn, optimizer=optimizer, loader=loader, schedules=schedules,
-                iters_per_epoch=iters_per_epoch, accum=accum, mean=clip.mean, std=clip.std)
-    t.student_fwd = maybe_compile(student, "student", compile_on)
-    t.teacher_fwd = maybe_compile(teacher, "teacher", compile_on)
-    t.header = {
-        "model": f"{cfg.model.name} ({clip.weights_id}), temporal={cfg.model.temporal}",
-        "params": f"{sum(p.numel() for p in student_raw.parameters()) / 1e6:.2f}M "
-                  f"({sum(p.numel() for p in student_raw.temporal_parameters()) / 1e6:.2f}M temporal)",
-        "views": f"{cfg.views.global_views}x{cfg.views.global_frames}x{cfg.views.global_size}px global + "
-                 f"{cfg.views.local_views}x{cfg.views.local_frames}x{cfg.views.local_size}px local",
-        "batch": f"{cfg.data.batch_size}/rank x {dist.world_size} ranks x {accum} accum = {global_batch} clips",
-        "steps": f"{iters_per_epoch}/epoch x {cfg.optim.epochs} epochs = {len(schedules)}",
-        "device": f"{device} ({'bf16 autocast' if device.type == 'cuda' else 'fp32'}"
-                  f"{', compiled' if compile_on else ''})",
-        "run dir": str(run_dir),
-    }
+    accum, iters_per_epoch = _batch_plan(cfg, dist, len(loader))
+    components = build_components(cfg, clip, bank, device, iters_per_epoch=iters_per_epoch, accum=accum, dist=dist)
+    t = Trainer(**vars(components), run_dir=run_dir, loader=loader, iters_per_epoch=iters_per_epoch, accum=accum)
+    t.header["run dir"] = str(run_dir)
     return t
 
 
@@ -345,8 +221,6 @@ def _resume(t: Trainer) -> None:
     # Metrics logged after that checkpoint belong to steps that will be redone: drop them.
     path = t.run_dir / "metrics.jsonl"
     if t.dist.is_main and path.is_file():
-        import json
-
         kept = [r for r in read_metrics(path) if r.get("step", 0) <= t.step]
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
     log(f"resumed from {ckpt_path} (step {t.step})")
@@ -401,4 +275,4 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cleanup()
 
 
-__all__ = ["Trainer", "train", "train_one_epoch", "train_step", "setup", "NonFiniteLoss", "warn"]
+__all__ = ["Trainer", "train", "train_one_epoch", "setup", "NonFiniteLoss"]

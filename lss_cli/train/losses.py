@@ -18,12 +18,16 @@ are softmaxes over the subset's scores (the same teacher centre and temperature 
 from __future__ import annotations
 
 import math
-from typing import Any
+import warnings
+from collections.abc import Mapping
 
 import torch
 from torch import nn
+from torch.distributed.nn.functional import all_reduce  # differentiable; its successor is private
 
+from lss_cli.config import LossConfig
 from lss_cli.errors import LssError
+from lss_cli.runtime.dist import is_distributed
 
 Temp = float | torch.Tensor  # a Python float or a 0-dim tensor (no recompiles when it changes)
 CA_DIRECTIONS = ("both", "desc_to_cat", "cat_to_desc")
@@ -64,12 +68,7 @@ def uniform_prior(log_p: torch.Tensor) -> torch.Tensor:
     """
     v, b, k = log_p.shape
     log_mean = torch.logsumexp(log_p, dim=1) - math.log(b)  # [V, K]
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
-        import warnings
-
-        from torch.distributed.nn.functional import all_reduce  # differentiable; its successor is private
-
+    if is_distributed() and torch.distributed.get_world_size() > 1:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             mean = all_reduce(log_mean.exp()) / torch.distributed.get_world_size()
@@ -116,7 +115,9 @@ class LSSLoss(nn.Module):
     forward(student_z [V_s, B, D], teacher_z [V_g, B, D], student_temp, teacher_temp)
       -> (loss scalar, parts dict of detached 0-dim float32 tensors; no host sync).
     The centres are updated after the loss (DINO order: the loss uses the centre from before
-    this batch), all-reduced across ranks when torch.distributed is initialised.
+    this batch), all-reduced across ranks when torch.distributed is initialised. The temperatures
+    are per-step values the caller passes in (`Schedules.temperatures`): the loss keeps the
+    weights and the centring, the schedules the temperatures.
     """
 
     def __init__(self, category: torch.Tensor, description: torch.Tensor, description_owner: torch.Tensor, *,
@@ -146,8 +147,9 @@ class LSSLoss(nn.Module):
         self._register_alignment(description_owner.long(), category.shape[0])
 
     @classmethod
-    def from_config(cls, bank: dict[str, torch.Tensor], cfg: Any) -> LSSLoss:
-        """Build from a bank ({category, description, description_owner}) and a LossConfig."""
+    def from_config(cls, bank: Mapping[str, torch.Tensor], cfg: LossConfig) -> LSSLoss:
+        """Build from a bank ({category, description, description_owner}) and a LossConfig (its
+        weights and centring options; its temperatures are the schedules')."""
         return cls(bank["category"], bank["description"], bank["description_owner"],
                    center_momentum=cfg.center_momentum, w_cd=cfg.w_cd, w_ca=cfg.w_ca, w_u=cfg.w_u,
                    ca_aggregation=cfg.ca_aggregation, ca_direction=cfg.ca_direction, center_init=cfg.center_init)
@@ -234,7 +236,7 @@ class LSSLoss(nn.Module):
         """[K + M] mean teacher score over all views, clips and ranks."""
         batch = torch.cat([teacher_cat.float().flatten(0, -2).sum(0), teacher_desc.float().flatten(0, -2).sum(0)])
         count = teacher_cat[..., 0].numel()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if is_distributed():
             torch.distributed.all_reduce(batch)
             count *= torch.distributed.get_world_size()
         return batch / count
@@ -251,13 +253,9 @@ class LSSLoss(nn.Module):
                 torch.where(ready, self.center_description, mean[k:]))
 
     @torch.no_grad()
-    def update_center(self, teacher_cat: torch.Tensor, teacher_desc: torch.Tensor) -> None:
-        """c <- m c + (1 - m) mean_batch(s_t), batch mean over all views and ranks; no host sync.
-        With center_init="first_batch" the first update sets c to the batch mean."""
-        self._update_center(self._batch_mean(teacher_cat, teacher_desc))
-
-    @torch.no_grad()
     def _update_center(self, batch: torch.Tensor) -> None:
+        """c <- m c + (1 - m) batch, `batch` the mean teacher score over all views and ranks; no
+        host sync. With center_init="first_batch" the first update sets c to the batch mean."""
         k = self.center_category.shape[0]
         m = self.center_momentum
         if self.center_init == "first_batch":

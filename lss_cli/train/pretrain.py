@@ -18,7 +18,9 @@ and no method can be shown to learn on top of it.
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,7 +32,10 @@ import torch.nn.functional as F
 
 from lss_cli.data.augment import normalize
 from lss_cli.data.stills import attribute_prompts, attribute_values, draw_stills, world_vocabulary
+from lss_cli.errors import ConfigError
 from lss_cli.models.clip import Clip, clip_loss, load_clip, save_compact
+from lss_cli.runtime.progress import log as progress_log
+from lss_cli.runtime.rundir import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,6 @@ class PretrainSettings:
     eval_images: int = 2000  # held-out stills for the attribute check (another seed)
 
     def validate(self) -> None:
-        from lss_cli.errors import ConfigError
-
         for name in ("steps", "batch_size", "eval_images"):
             if getattr(self, name) < 2:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 2, got {getattr(self, name)}")
@@ -102,8 +105,7 @@ def _lr_at(step: int, s: PretrainSettings) -> float:
 
 def pretrain(s: PretrainSettings, log: Callable[[str], None] | None = None) -> tuple[Clip, dict[str, Any]]:
     """Train; returns the model (eval mode) and a report (settings, loss curve, attribute check)."""
-    if log is None:
-        from lss_cli.runtime.progress import log
+    log = log or progress_log
     torch.manual_seed(s.seed)
     clip = load_clip(s.model, pretrained=None, seed=s.seed)
     model = clip.model.train()
@@ -155,11 +157,6 @@ def attribute_accuracy(clip: Clip, n: int, seed: int) -> dict[str, dict[str, flo
 def pretrain_to_file(s: PretrainSettings, out: str | Path, argv: list[str] | None = None) -> dict[str, Any]:
     """`lss pretrain-tiny`: pretrain, write the compact weights file (its report and the command
     line in the file's metadata) and `<out>.json` beside it; returns the report."""
-    import json
-    import sys
-
-    from lss_cli.runtime.rundir import write_text_atomic
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     clip, report = pretrain(s)

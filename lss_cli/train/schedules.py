@@ -1,5 +1,9 @@
 """Per-iteration schedules (DINO style): one value per optimizer step, precomputed as arrays.
 
+The schedules are the one owner of every per-step value of a run: the learning rates, the weight
+decay, the EMA momentum and both loss temperatures (the student's is constant, but the step asks
+for it here like for the teacher's, so no other code reads the loss config's temperatures).
+
 Indexing an array gives a numpy float64, which is a Python float: it can go straight into an
 optimizer's param group, or into a 0-dim device tensor for a compiled step.
 """
@@ -7,9 +11,14 @@ optimizer's param group, or into a 0-dim device tensor for a compiled step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from lss_cli.config import LossConfig, OptimConfig, TeacherConfig
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cosine_schedule(base: float, final: float, total_iters: int, warmup_iters: int = 0,
@@ -47,19 +56,25 @@ class Schedules:
     weight_decay: np.ndarray  # for the decayed parameter groups
     teacher_momentum: np.ndarray  # EMA momentum
     teacher_temp: np.ndarray  # tau_t
+    student_temp: np.ndarray  # tau_s (constant)
 
     def __len__(self) -> int:
         return len(self.lr)
 
-    def apply(self, optimizer: Any, step: int) -> None:
+    def temperatures(self, step: int) -> tuple[float, float]:
+        """(tau_s, tau_t) of `step`, as the loss takes them."""
+        return float(self.student_temp[step]), float(self.teacher_temp[step])
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
         """Set lr / weight_decay of every param group for `step` (groups from VideoEncoder.param_groups)."""
         for group in optimizer.param_groups:
             group["lr"] = float(self.temporal_lr[step] if group.get("group") == "temporal" else self.lr[step])
             group["weight_decay"] = float(self.weight_decay[step]) if group.get("apply_weight_decay", True) else 0.0
 
 
-def build_schedules(optim: Any, teacher: Any, loss: Any, iters_per_epoch: int, lr_scale: float = 1.0) -> Schedules:
-    """Schedules from OptimConfig / TeacherConfig / LossConfig.
+def build_schedules(optim: OptimConfig, teacher: TeacherConfig, loss: LossConfig, iters_per_epoch: int,
+                    lr_scale: float = 1.0) -> Schedules:
+    """Schedules from the optimizer, teacher and loss configs.
 
     `lr_scale` multiplies the peak and final lrs (the linear scaling rule: global_batch / 256).
     """
@@ -73,4 +88,5 @@ def build_schedules(optim: Any, teacher: Any, loss: Any, iters_per_epoch: int, l
         teacher_momentum=cosine_schedule(teacher.momentum, teacher.momentum_end, total),
         teacher_temp=warmup_constant_schedule(loss.warmup_teacher_temp, loss.teacher_temp, total,
                                               loss.warmup_teacher_temp_epochs * iters_per_epoch),
+        student_temp=np.full(total, loss.student_temp, dtype=np.float64),
     )

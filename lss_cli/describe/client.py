@@ -1,7 +1,7 @@
 """The LLM client: one chat-completion call against any OpenAI-compatible server.
 
 This is the only module that imports `openai`. It does no retrying itself (the client is built
-with `max_retries=0`): `lss_cli.describe` owns retries, backoff and call counting, so every HTTP
+with `max_retries=0`): `lss_cli.describe.run` owns retries, backoff and call counting, so every HTTP
 request is accounted for. Errors are mapped to three kinds:
 
 - `retry`: worth trying again (429, 408/409, 5xx, timeouts, dropped connections), with the
@@ -20,8 +20,9 @@ import datetime as _dt
 import email.utils
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlparse
 
 import openai
@@ -34,6 +35,7 @@ LOCAL_PLACEHOLDER_KEY = "no-key-needed"
 _KEY_SHAPE = re.compile(r"sk-[A-Za-z0-9_\-*.]{6,}")
 
 ErrorKind = Literal["retry", "class", "fatal"]
+Client = openai.OpenAI  # so callers can name the type without importing openai themselves
 
 
 @dataclass
@@ -87,13 +89,13 @@ def resolve_endpoint(base_url: str | None, env: dict[str, str] | None = None) ->
     return Endpoint(url, key or LOCAL_PLACEHOLDER_KEY, is_default)
 
 
-def make_client(endpoint: Endpoint, timeout: float) -> Any:
+def make_client(endpoint: Endpoint, timeout: float) -> Client:
     """A thread-safe `openai.OpenAI` client; retries are the caller's job (max_retries=0)."""
     return openai.OpenAI(api_key=endpoint.api_key, base_url=endpoint.base_url, timeout=timeout,
                          max_retries=0)
 
 
-def chat(client: Any, model: str, messages: list[dict[str, str]], temperature: float,
+def chat(client: Client, model: str, messages: list[dict[str, str]], temperature: float,
          max_tokens: int, secret: str | None = None) -> ChatReply:
     """One chat-completion request. Raises LlmCallError; `secret` is scrubbed from its message."""
     try:
@@ -147,7 +149,7 @@ def _server_message(e: openai.APIStatusError) -> str:
     return str(e.message)[:300]
 
 
-def parse_retry_after(headers: Any) -> float | None:
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
     """Seconds from `retry-after-ms`, or `retry-after` as seconds or an HTTP date; None if absent."""
     if headers is None:
         return None

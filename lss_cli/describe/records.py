@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lss_cli.errors import InputFileError
+from lss_cli.runtime.rundir import write_text_atomic
 
 
 @dataclass
@@ -143,8 +144,6 @@ def repair_and_read_state(path: str | Path) -> tuple[DescriptionsState, str | No
 
 def write_records(path: str | Path, records: Iterable[DescriptionRecord]) -> None:
     """Write a whole file at once (temp file + fsync + rename)."""
-    from lss_cli.runtime.rundir import write_text_atomic
-
     write_text_atomic(path, "".join(_line(r) for r in records))
 
 

@@ -1,0 +1,492 @@
+"""Planning and running `lss describe`: what to ask for, then asking on a pool of worker threads.
+
+`plan_describe` checks every input and works out what a run would do without sending anything
+(it is also what `--dry-run` shows). `run_describe` takes the output file's lock, reads what is
+already done, and hands the rest to a `DescribeRun`: `concurrency` daemon threads share one HTTP
+client and only ask (`describe_class`, with retries and re-asks); only the main thread writes the
+output file and the tally, so records never interleave and neither needs a lock.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.progress import TextColumn
+
+from lss_cli.config import DescribeConfig
+from lss_cli.describe.client import (
+    ChatReply,
+    Client,
+    Endpoint,
+    LlmCallError,
+    chat,
+    make_client,
+    resolve_endpoint,
+)
+from lss_cli.describe.prompt import PromptTemplate, load_prompt
+from lss_cli.describe.records import (
+    DescriptionRecord,
+    DescriptionsState,
+    FailedRecord,
+    append_record,
+    read_state,
+    repair_and_read_state,
+)
+from lss_cli.describe.replies import ClipLengthCheck, InvalidReply, extract_descriptions, reask_message
+from lss_cli.errors import InputFileError, LssError
+from lss_cli.labels import load_label_set
+from lss_cli.runtime.progress import log, make_progress, warn
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so runs on the same file are not kept apart
+    fcntl = None
+
+# A run whose first this-many finished classes all failed stops: the prompt or model is broken,
+# and going on would spend requests on every remaining class for nothing.
+EARLY_FAILURES_STOP = 10
+
+# --------------------------------------------------------------------------------------------
+# Retries
+# --------------------------------------------------------------------------------------------
+
+
+def backoff_delay(retry: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: uniform in [d/2, d], d = min(cap, base * 2**retry)."""
+    d = min(cap, base * 2.0 ** retry)
+    return d / 2 + random.uniform(0, d / 2)
+
+
+class RateGate:
+    """A pause shared by all workers: after a 429 nobody sends until the server's wait is over."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+        self._lock = threading.Lock()
+
+    def pause(self, seconds: float) -> None:
+        with self._lock:
+            self._until = max(self._until, time.monotonic() + seconds)
+
+    def wait(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            remaining = self._until - time.monotonic()
+            if remaining <= 0:
+                return
+            stop.wait(remaining)
+
+
+class _Stopped(Exception):
+    """The run is stopping (fatal error elsewhere, or interrupted): send nothing more."""
+
+
+# --------------------------------------------------------------------------------------------
+# One class
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassOutcome:
+    category: str
+    descriptions: list[str] | None = None  # set on success
+    error: str | None = None  # set on failure
+    fatal: bool = False  # the error will hit every class: stop the run
+    stopped: bool = False  # never finished because the run stopped (not a failure of the class)
+    status: int | None = None  # HTTP status of the last error, if any
+    calls: int = 0  # HTTP requests made, retries and re-asks included
+    retries: int = 0
+    reasks: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class _Context:
+    """What every worker shares."""
+
+    cfg: DescribeConfig
+    prompt: PromptTemplate
+    client: Client
+    secret: str
+    length_check: ClipLengthCheck
+    gate: RateGate = field(default_factory=RateGate)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def describe_class(ctx: _Context, category: str) -> ClassOutcome:
+    """Ask for one class until a reply validates, re-asking at most `max_reasks` times."""
+    cfg, out = ctx.cfg, ClassOutcome(category)
+    messages = ctx.prompt.messages(category, cfg.per_class)
+    for ask in range(cfg.max_reasks + 1):
+        try:
+            reply = _call_with_retries(ctx, messages, out)
+        except LlmCallError as e:
+            out.error, out.fatal, out.status = e.message, e.kind == "fatal", e.status
+            return out
+        except _Stopped:
+            out.stopped = True
+            return out
+        try:
+            out.descriptions = extract_descriptions(reply.text, cfg.per_class, ctx.prompt.format,
+                                                    ctx.length_check, reply.finish_reason)
+            return out
+        except InvalidReply as e:
+            if ask == cfg.max_reasks:
+                out.error = f"no valid reply in {ask + 1} attempt(s); last: {e.reason}"
+                return out
+            out.reasks += 1
+            messages = [*messages, {"role": "assistant", "content": reply.text or ""},
+                        {"role": "user", "content": reask_message(e.reason, cfg.per_class, ctx.prompt.format)}]
+    raise AssertionError("unreachable")
+
+
+def _call_with_retries(ctx: _Context, messages: list[dict[str, str]], out: ClassOutcome) -> ChatReply:
+    cfg = ctx.cfg
+    for retry in range(cfg.max_retries + 1):
+        ctx.gate.wait(ctx.stop)
+        if ctx.stop.is_set():
+            raise _Stopped
+        out.calls += 1
+        try:
+            reply = chat(ctx.client, cfg.model, messages, cfg.temperature, cfg.max_tokens, ctx.secret)
+        except LlmCallError as e:
+            if e.kind != "retry":
+                raise
+            if retry == cfg.max_retries:
+                e.message = f"{e.message} (gave up after {retry + 1} requests)"
+                raise
+            out.retries += 1
+            if e.retry_after is not None:
+                ctx.gate.pause(min(e.retry_after, cfg.retry_max_delay))
+            elif ctx.stop.wait(backoff_delay(retry, cfg.retry_base_delay, cfg.retry_max_delay)):
+                raise _Stopped from None
+            continue
+        out.prompt_tokens += reply.prompt_tokens
+        out.completion_tokens += reply.completion_tokens
+        return reply
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------------------------
+# Planning (also what --dry-run shows)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DescribePlan:
+    labels: list[str]  # the classes of this run (after --limit)
+    todo: list[str]  # classes to ask for
+    done: list[str]  # classes already in the output file (skipped)
+    failed_before: dict[str, str]  # classes the last run gave up on -> its reason (they are in todo)
+    prompt: PromptTemplate
+    endpoint: Endpoint
+    out: Path
+    bad_lines: int  # torn/unreadable lines in the existing output (their classes are redone)
+    mismatched: dict[str, int]  # existing records made differently: what differs -> how many
+    per_class: int
+
+    def first_messages(self) -> list[dict[str, str]]:
+        return self.prompt.messages((self.todo or self.labels)[0], self.per_class)
+
+    def max_calls(self, cfg: DescribeConfig) -> int:
+        return len(self.todo) * (cfg.max_reasks + 1) * (cfg.max_retries + 1)
+
+
+def plan_describe(cfg: DescribeConfig, env: dict[str, str] | None = None) -> DescribePlan:
+    """Check every input and work out what a run would do. Reads only; no network."""
+    names, prompt, endpoint, out = _check_inputs(cfg, env)
+    state = read_state(out) if out.is_file() and not cfg.overwrite else DescriptionsState()
+    return _make_plan(cfg, names, prompt, endpoint, out, state)
+
+
+def _check_inputs(cfg: DescribeConfig, env: dict[str, str] | None) -> tuple[list[str], PromptTemplate, Endpoint, Path]:
+    """(this run's classes, prompt, endpoint, output path), each checked; the output is not read."""
+    names = list(load_label_set(cfg.labels).names)[: cfg.limit]
+    prompt = load_prompt(cfg.prompt)
+    endpoint = resolve_endpoint(cfg.base_url, env)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_file():
+        raise InputFileError(f"--out {out} exists and is not a file", hint="name a .jsonl file")
+    return names, prompt, endpoint, out
+
+
+def _make_plan(cfg: DescribeConfig, names: list[str], prompt: PromptTemplate, endpoint: Endpoint, out: Path,
+               state: DescriptionsState) -> DescribePlan:
+    done = [c for c in names if c in state.records]
+    wanted = set(names)
+    return DescribePlan(
+        labels=names, todo=[c for c in names if c not in state.records], done=done,
+        failed_before={c: f.error for c, f in state.failed.items() if c in wanted},
+        prompt=prompt, endpoint=endpoint, out=out, bad_lines=state.bad_lines,
+        mismatched=_mismatches([state.records[c] for c in done], cfg, prompt), per_class=cfg.per_class,
+    )
+
+
+def _mismatches(records: list[DescriptionRecord], cfg: DescribeConfig, prompt: PromptTemplate) -> dict[str, int]:
+    checks = {
+        "model": lambda r: r.model != cfg.model,
+        "prompt (sha256)": lambda r: r.prompt_sha256 != prompt.sha256,
+        "descriptions per class": lambda r: len(r.descriptions) != cfg.per_class,
+    }
+    counts = {what: sum(map(differs, records)) for what, differs in checks.items()}
+    return {k: v for k, v in counts.items() if v}
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DescribeSummary:
+    out: str
+    model: str
+    endpoint: str
+    classes: int  # in this run's label list
+    done: int  # finished by this run
+    skipped: int  # already in the file before
+    failed: dict[str, str]  # category -> reason
+    not_attempted: int  # left undone because the run stopped early
+    calls: int  # HTTP requests made
+    retries: int
+    reasks: int
+    prompt_tokens: int
+    completion_tokens: int
+    wall_s: float
+    fatal: str | None = None  # why the run stopped early
+    fatal_hint: str | None = None
+
+
+@dataclass
+class _Tally:
+    done: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    calls: int = 0
+    retries: int = 0
+    reasks: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    fatal: str | None = None  # why the run stopped early
+    fatal_hint: str | None = None
+
+    def add(self, o: ClassOutcome) -> None:
+        self.calls += o.calls
+        self.retries += o.retries
+        self.reasks += o.reasks
+        self.prompt_tokens += o.prompt_tokens
+        self.completion_tokens += o.completion_tokens
+
+
+def run_describe(cfg: DescribeConfig, env: dict[str, str] | None = None) -> DescribeSummary:
+    """Describe every class of `cfg.labels` not yet in `cfg.out`; append each result as it lands."""
+    t0 = time.perf_counter()
+    names, prompt, endpoint, out = _check_inputs(cfg, env)  # all checked before anything is written
+    with _exclusive(out):
+        # Read under the lock: a run that just ended may have added classes.
+        plan = _make_plan(cfg, names, prompt, endpoint, out, _prepare_output(out, cfg))
+        _warn_mismatched(plan)
+        run = DescribeRun(plan, cfg)
+        if plan.todo:
+            log(f"describe: {len(plan.todo)} to ask for, {len(plan.done)} already done ({cfg.model})")
+            run.run()
+        else:
+            log(f"describe: all {len(plan.labels)} classes are already in {plan.out}; nothing to do")
+    return run.summary(round(time.perf_counter() - t0, 3))
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One writer per output file: a second run on the same file would pay for the same classes.
+
+    An advisory lock on a hidden sidecar file (`.<out>.lock`, left in place); the OS drops it
+    when the process dies, so a killed run never blocks the next one. No-op where fcntl is missing.
+    """
+    if fcntl is None:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LssError(f"another `lss describe` is writing to {out}",
+                           hint="wait for it to finish (or stop it), or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _prepare_output(out: Path, cfg: DescribeConfig) -> DescriptionsState:
+    """What the output already holds, read once: --overwrite keeps the old file as <out>.bak and
+    starts empty; a resumed file is first cut back to whole lines."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite:
+        if out.is_file():
+            backup = out.with_name(out.name + ".bak")
+            out.replace(backup)
+            log(f"describe: --overwrite: the previous {out} is kept as {backup}")
+        return DescriptionsState()
+    state, torn = repair_and_read_state(out)
+    if torn is not None:
+        warn(f"{out} ended in a torn line (an interrupted write); removed it, its class is redone")
+    if state.bad_lines > 0:
+        warn(f"{out}: {state.bad_lines} unreadable line(s) skipped; "
+             "their classes are redone unless recorded elsewhere in the file")
+    return state
+
+
+def _warn_mismatched(plan: DescribePlan) -> None:
+    if plan.mismatched:
+        what = ", ".join(f"{k} ({v})" for k, v in plan.mismatched.items())
+        warn(f"{plan.out} holds finished classes made with a different {what}; they are kept and "
+             "skipped (use --overwrite to start over)")
+
+
+# What a worker hands the main thread: a finished class, a bug to re-raise, or None ("I am done").
+_Result = ClassOutcome | BaseException | None
+
+
+class DescribeRun:
+    """One run's asking and writing: the plan, the config, the tally, and the stop event.
+
+    Workers take classes from a queue and put outcomes on another; the main thread (`run`)
+    writes each outcome as it arrives and is the only one to touch the tally and the file.
+    Setting `stop` makes every worker finish its current request and send nothing more.
+    """
+
+    def __init__(self, plan: DescribePlan, cfg: DescribeConfig) -> None:
+        self.plan, self.cfg = plan, cfg
+        self.tally = _Tally()
+        self.stop = threading.Event()
+        self._tasks: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[_Result] = queue.SimpleQueue()
+
+    def run(self) -> None:
+        """Ask for every class of the plan's todo list; return when all are written (or the run stopped)."""
+        ctx = _Context(self.cfg, self.plan.prompt, make_client(self.plan.endpoint, self.cfg.timeout),
+                       self.plan.endpoint.api_key, ClipLengthCheck(), stop=self.stop)
+        for category in self.plan.todo:
+            self._tasks.put(category)
+        workers = [threading.Thread(target=self._worker, args=(ctx,), daemon=True, name=f"describe-{i}")
+                   for i in range(min(self.cfg.concurrency, len(self.plan.todo)))]
+        for w in workers:
+            w.start()
+        try:
+            self._collect(len(workers))
+        except BaseException as e:  # Ctrl-C or a bug: stop the workers, keep what already arrived
+            self.stop.set()
+            self._drain()
+            if isinstance(e, KeyboardInterrupt):
+                warn(f"interrupted: the {self.tally.done} classes finished by this run are saved in "
+                     f"{self.plan.out}; rerun the same command to continue")
+            raise
+        finally:
+            self.stop.set()
+
+    def summary(self, wall_s: float) -> DescribeSummary:
+        plan, tally = self.plan, self.tally
+        return DescribeSummary(
+            out=str(plan.out), model=self.cfg.model, endpoint=plan.endpoint.describe(), classes=len(plan.labels),
+            done=tally.done, skipped=len(plan.done), failed=tally.failed,
+            not_attempted=len(plan.todo) - tally.done - len(tally.failed), calls=tally.calls,
+            retries=tally.retries, reasks=tally.reasks, prompt_tokens=tally.prompt_tokens,
+            completion_tokens=tally.completion_tokens, wall_s=wall_s,
+            fatal=tally.fatal, fatal_hint=tally.fatal_hint,
+        )
+
+    def _worker(self, ctx: _Context) -> None:
+        """A worker thread: ask for classes until none are left or the run stops."""
+        try:
+            while not self.stop.is_set():
+                try:
+                    category = self._tasks.get_nowait()
+                except queue.Empty:
+                    break
+                outcome = describe_class(ctx, category)
+                if outcome.fatal:  # stop the others now, not when the main thread gets to it
+                    self.stop.set()
+                self._results.put(outcome)
+        except BaseException as e:  # a bug: hand it to the main thread rather than hang it
+            self._results.put(e)
+        finally:
+            self._results.put(None)  # this worker is finished
+
+    def _collect(self, n_workers: int) -> None:
+        """The main thread: write each outcome as it arrives, until every worker has finished."""
+        extra = ("[red]{task.fields[failed]} failed", "{task.fields[tokens]} tokens")
+        with make_progress(None, *map(TextColumn, extra)) as bar:
+            task = bar.add_task("describe", total=len(self.plan.todo), failed=0, tokens=0)
+            finished_workers = 0
+            while finished_workers < n_workers:
+                item = self._results.get()
+                if item is None:
+                    finished_workers += 1
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                self._handle(item)
+                t = self.tally
+                bar.update(task, completed=t.done + len(t.failed), failed=len(t.failed),
+                           tokens=t.prompt_tokens + t.completion_tokens)
+
+    def _drain(self) -> None:
+        """Write the outcomes that already arrived (they are paid for) before giving up."""
+        while True:
+            try:
+                item = self._results.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, ClassOutcome):
+                self._handle(item)
+
+    def _handle(self, o: ClassOutcome) -> None:
+        """Count one outcome and write its record: success, failure, or a reason to stop the run."""
+        self.tally.add(o)
+        usage = {"prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens, "requests": o.calls}
+        if o.descriptions is not None:
+            append_record(self.plan.out, DescriptionRecord(
+                o.category, o.descriptions, self.cfg.model, self.plan.prompt.file, self.plan.prompt.sha256,
+                self.cfg.temperature, usage=usage))
+            self.tally.done += 1
+        elif o.fatal:  # not this class's fault, so no failure record: the class simply stays undone
+            self._stop_run(o.error or "unknown error", _fatal_hint(o.status))
+        elif not o.stopped:
+            self._fail(o.category, o.error or "unknown error", usage)
+
+    def _fail(self, category: str, reason: str, usage: dict[str, int]) -> None:
+        """Record a class the run gave up on; stop when no class has worked at all yet."""
+        append_record(self.plan.out, FailedRecord(category, reason, self.cfg.model, self.plan.prompt.file,
+                                                  self.plan.prompt.sha256, usage=usage))
+        self.tally.failed[category] = reason
+        warn(f"{category!r} failed: {reason}")
+        if self.tally.done == 0 and len(self.tally.failed) == EARLY_FAILURES_STOP:
+            self._stop_run(f"the first {EARLY_FAILURES_STOP} classes all failed (last: {reason})",
+                           "the model or prompt does not work as asked: check them on a few classes with "
+                           "--limit 3 (and --dry-run to see the prompt) before spending more requests")
+
+    def _stop_run(self, reason: str, hint: str) -> None:
+        """Stop the run (the first reason is the one reported)."""
+        if self.tally.fatal is None:
+            self.tally.fatal, self.tally.fatal_hint = reason, hint
+            warn(f"stopping: {reason}")
+        self.stop.set()
+
+
+def _fatal_hint(status: int | None) -> str:
+    if status == 401:
+        return "the server rejected the API key: check OPENAI_API_KEY (and --base-url)"
+    if status == 403:
+        return "the key may not use this model or endpoint: check the account's permissions"
+    if status == 404:
+        return "the server does not know this model or path: check --model and --base-url (it usually ends in /v1)"
+    if status == 429:
+        return "the account is out of quota: check billing, then rerun (finished classes are kept)"
+    return "fix the cause and rerun the same command: finished classes are kept and skipped"
