@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -21,8 +22,23 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from lss_cli.errors import ConfigError, InputFileError
+from lss_cli.textfiles import read_text
 
 T = TypeVar("T")
+
+# Upper bounds far beyond any real run. They catch a typo (`optim.epochs=1000000000`, an extra
+# zero) before anything is sized by it: the schedules hold a value per step, the loader a buffer
+# per frame, and describe starts a thread per concurrent request.
+MAX_EPOCHS = 10_000
+MAX_FRAMES = 1_024  # frames of one clip or view
+MAX_VIEWS = 64  # views of one kind per video (global, local, eval clips)
+MAX_SIZE = 4_096  # pixels of a crop's side
+MAX_BATCH = 65_536  # clips (or texts) per batch, also per optimizer step
+MAX_WORKERS = 1_024  # loader processes, concurrent requests
+MAX_RETRIES = 100  # retries or re-asks of one request
+MAX_SECONDS = 86_400.0  # one timeout or delay: a day
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
 
 def check_device(value: str, key: str = "device") -> None:
     ok = value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
@@ -33,6 +49,18 @@ def check_device(value: str, key: str = "device") -> None:
 def _check(cond: bool, key: str, message: str, hint: str | None = None) -> None:
     if not cond:
         raise ConfigError(f"{key}: {message}", hint=hint)
+
+
+def _at_most(value: float, bound: float, key: str, unit: str) -> None:
+    """Refuse a value beyond `bound` (one of the MAX_* bounds above), naming the key and the bound."""
+    _check(value <= bound, key, f"{_shown(value)} is more than any real run uses (at most {bound:,} {unit})",
+           hint="check the value for a typo (an extra zero?)")
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, cut short: a 5000-digit number must not fill the terminal."""
+    text = f"{value:,}" if isinstance(value, int | float) and not isinstance(value, bool) else repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,11 +76,13 @@ class RunConfig:
     name: str | None = None  # optional suffix of the default run dir name
     seed: int = 0  # global seed; each rank uses seed + rank
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    overwrite: bool = False  # allow writing into a non-empty run dir (its old contents are kept)
+    overwrite: bool = False  # start over in a non-empty run dir (train moves the old run into replaced-<time>/)
     resume: bool = False  # continue the run found in output_dir
+    allow_config_change: bool = False  # train --resume: accept a config that differs from the checkpoint's (the run is then not exact)
 
     def validate(self) -> None:
         check_device(self.device, "run.device")
+        _check(0 <= self.seed <= MAX_SEED, "run.seed", f"must be in [0, {MAX_SEED}]")
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,14 +113,21 @@ class DescribeConfig:
 
     def validate(self) -> None:
         _check(self.per_class >= 1, "per_class", "must be >= 1")
+        _at_most(self.per_class, 1_000, "per_class", "descriptions per class")
         _check(0.0 <= self.temperature <= 2.0, "temperature", "must be in [0, 2]")
         _check(self.max_tokens >= 16, "max_tokens", "must be >= 16")
+        _at_most(self.max_tokens, 10_000_000, "max_tokens", "tokens")
         _check(self.concurrency >= 1, "concurrency", "must be >= 1")
+        _at_most(self.concurrency, MAX_WORKERS, "concurrency", "requests in flight")
         _check(self.timeout > 0, "timeout", "must be > 0")
+        _at_most(self.timeout, MAX_SECONDS, "timeout", "seconds")
         _check(self.max_retries >= 0, "max_retries", "must be >= 0")
+        _at_most(self.max_retries, MAX_RETRIES, "max_retries", "retries")
         _check(0 <= self.retry_base_delay <= self.retry_max_delay, "retry_base_delay",
                "need 0 <= retry_base_delay <= retry_max_delay")
+        _at_most(self.retry_max_delay, MAX_SECONDS, "retry_max_delay", "seconds")
         _check(self.max_reasks >= 0, "max_reasks", "must be >= 0")
+        _at_most(self.max_reasks, MAX_RETRIES, "max_reasks", "re-asks")
         _check(self.limit is None or self.limit >= 1, "limit", "must be >= 1 when set")
         _check(self.base_url is None or self.base_url.startswith(("http://", "https://")), "base_url",
                f"{self.base_url!r} is not an http(s) URL", hint="e.g. http://localhost:11434/v1")
@@ -121,6 +158,7 @@ class ConceptsConfig:
 
     def validate(self) -> None:
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _at_most(self.batch_size, MAX_BATCH, "batch_size", "texts per batch")
         check_device(self.device)
 
 
@@ -140,6 +178,10 @@ class ModelConfig:
     grad_checkpointing: bool = False  # recompute block activations in backward to save memory
     compile: bool | None = None  # torch.compile the towers; None = on for CUDA, off on CPU
 
+    def validate(self) -> None:
+        _check(self.num_frames >= 1, "model.num_frames", "must be >= 1")
+        _at_most(self.num_frames, MAX_FRAMES, "model.num_frames", "frames")
+
 
 @dataclass
 class DataConfig:
@@ -156,8 +198,11 @@ class DataConfig:
 
     def validate(self) -> None:
         _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        _at_most(self.batch_size, MAX_BATCH, "data.batch_size", "clips per batch")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _at_most(self.num_workers, MAX_WORKERS, "data.num_workers", "workers")
         _check(self.decode_timeout > 0, "data.decode_timeout", "must be > 0")
+        _at_most(self.decode_timeout, MAX_SECONDS, "data.decode_timeout", "seconds")
 
 
 @dataclass
@@ -182,6 +227,14 @@ class ViewsConfig:
     def validate(self) -> None:
         _check(self.global_views >= 1, "views.global_views", "must be >= 1")
         _check(self.local_views >= 0, "views.local_views", "must be >= 0")
+        for key in ("global_views", "local_views"):
+            _at_most(getattr(self, key), MAX_VIEWS, f"views.{key}", "views")
+        for key, frames in (("global_frames", [self.global_frames]), ("local_frames", self.local_frames)):
+            _check(all(t >= 1 for t in frames), f"views.{key}", "must be >= 1")
+            _at_most(max(frames, default=0), MAX_FRAMES, f"views.{key}", "frames")
+        for key in ("global_size", "local_size"):
+            _check(getattr(self, key) >= 1, f"views.{key}", "must be >= 1")
+            _at_most(getattr(self, key), MAX_SIZE, f"views.{key}", "pixels")
         _check(self.global_views + self.local_views >= 2, "views", "need at least 2 views in total",
                hint="distillation compares a teacher view with a different student view")
         _check(len(self.local_frames) in (1, self.local_views) or self.local_views == 0,
@@ -222,6 +275,8 @@ class LossConfig:
         for key in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
             _check(getattr(self, key) > 0, f"loss.{key}", "must be > 0")
         _check(0.0 <= self.center_momentum < 1.0, "loss.center_momentum", "must be in [0, 1)")
+        _check(self.warmup_teacher_temp_epochs >= 0, "loss.warmup_teacher_temp_epochs", "must be >= 0")
+        _at_most(self.warmup_teacher_temp_epochs, MAX_EPOCHS, "loss.warmup_teacher_temp_epochs", "epochs")
         for key in ("w_cd", "w_ca", "w_u"):
             _check(getattr(self, key) >= 0, f"loss.{key}", "must be >= 0")
 
@@ -243,11 +298,14 @@ class OptimConfig:
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "optim.epochs", "must be >= 1")
+        _at_most(self.epochs, MAX_EPOCHS, "optim.epochs", "epochs")
         _check(self.lr > 0 and self.temporal_lr > 0, "optim.lr", "learning rates must be > 0")
         _check(0 <= self.min_lr <= min(self.lr, self.temporal_lr), "optim.min_lr", "must be in [0, lr]")
         _check(self.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
+        _at_most(self.warmup_epochs, MAX_EPOCHS, "optim.warmup_epochs", "epochs")
         _check(self.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables)")
         _check(self.global_batch is None or self.global_batch >= 1, "optim.global_batch", "must be >= 1")
+        _at_most(self.global_batch or 0, MAX_BATCH, "optim.global_batch", "clips per step")
 
 
 @dataclass
@@ -332,10 +390,15 @@ class EvalConfig:
     def validate(self) -> None:
         _check(len(self.splits) >= 1, "splits", "give at least one split")
         _check(self.num_frames >= 1, "num_frames", "must be >= 1")
+        _at_most(self.num_frames, MAX_FRAMES, "num_frames", "frames")
         _check(self.num_clips >= 1, "num_clips", "must be >= 1")
+        _at_most(self.num_clips, MAX_VIEWS, "num_clips", "views")
         _check(self.num_crops in (1, 3), "num_crops", "must be 1 or 3")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _at_most(self.batch_size, MAX_BATCH, "batch_size", "clips per batch")
         _check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        _at_most(self.num_workers, MAX_WORKERS, "num_workers", "workers")
+        _check(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]")
         _check(all(k >= 1 for k in self.splits), "splits", "split numbers start at 1")
         check_device(self.device)
 
@@ -378,8 +441,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputFileError(f"config file not found: {path}", hint="check the path (it is relative to the current directory)")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
+        data = yaml.safe_load(read_text(path, "config file"))
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer too long to convert
         raise InputFileError(f"{path} is not valid YAML: {e}") from None
     if data is None:
         return {}
@@ -396,19 +459,31 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"bad override {item!r}", hint="write overrides as key=value, e.g. optim.lr=1e-4")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer too long to convert
         value = raw  # not YAML (e.g. "a: b: c"): keep the text; the type check decides
     return key, value
 
 
-def validate(cfg: Any) -> None:
-    """Run every `validate()` in the tree, children first."""
+def validate(cfg: Any, prefix: str = "") -> None:
+    """Check every float in the tree is finite, then run every `validate()`, children first."""
     for f in fields(cfg):
         child = getattr(cfg, f.name)
         if is_dataclass(child):
-            validate(child)
+            validate(child, _join(prefix, f.name))
+        else:
+            _check_finite(child, _join(prefix, f.name))
     if hasattr(cfg, "validate"):
         cfg.validate()
+
+
+def _check_finite(value: Any, key: str) -> None:
+    """No config value has a use for inf or nan; refused here, a nan would slip past every range
+    check (all comparisons with it are false) and an inf would make a schedule or a wait endless."""
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{key}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value} is not a finite number", hint="give an ordinary number, e.g. 0.5 or 1e-4")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -485,6 +560,14 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _as_float(value: int | float, key: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int with hundreds of digits
+        raise ConfigError(f"{key}: {_shown(value)} is too large for a number",
+                          hint="give an ordinary number, e.g. 0.5 or 1e-4") from None
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against type `tp`, converting only where lossless (int -> float, list -> tuple)."""
     origin, args = get_origin(tp), get_args(tp)
@@ -501,7 +584,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(e)
-        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {_shown(value)}")
     if origin is Literal:
         if value in args:
             return value
@@ -530,7 +613,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _as_float(value, key)
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as text; it is a number to a user
             try:
                 return float(value)
@@ -543,7 +626,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return str(value)  # e.g. run.name=2024: unambiguous as text
     else:
         raise TypeError(f"config field {key}: unsupported type {tp!r}")  # a bug in this module
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_shown(value)}")
 
 
 __all__ = [

@@ -42,8 +42,9 @@ from lss_cli.errors import ConfigError
 from lss_cli.eval.results import evaluate
 from lss_cli.models.artefact import export_teacher
 from lss_cli.resources import example_path
+from lss_cli.runtime.outputs import write_text_atomic
 from lss_cli.runtime.progress import log
-from lss_cli.runtime.rundir import default_run_dir, prepare_run_dir, write_text_atomic
+from lss_cli.runtime.rundir import make_run_dir
 from lss_cli.train.inputs import build_synthetic_concepts
 from lss_cli.train.loop import train
 
@@ -87,7 +88,7 @@ class _Stages:
         self.seconds: dict[str, float] = {}
 
     def run(self, name: str, fn, *args, **kwargs):
-        log(f"[bold]demo[/bold] {len(self.seconds) + 1}. {name}")
+        log(f"{len(self.seconds) + 1}. {name}", lead="demo ")
         start = time.perf_counter()
         out = fn(*args, **kwargs)
         self.seconds[name] = round(time.perf_counter() - start, 2)
@@ -153,7 +154,7 @@ def run_demo(output_dir: str | Path | None = None, settings: DemoSettings | None
     """Run every stage (see the module docstring); returns the summary also written to summary.json."""
     settings = settings or DemoSettings()
     _check_settings(settings)
-    run = prepare_run_dir(output_dir or default_run_dir("demo"))
+    run = make_run_dir("demo", output_dir)
     log(f"demo: writing to {run}")
     start = time.perf_counter()
     stages = _Stages()

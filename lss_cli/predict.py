@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from lss_cli.concepts.templates import load_templates
-from lss_cli.data.datasets import VideoList
+from lss_cli.data.datasets import VIDEO_EXTENSIONS, VideoList
 from lss_cli.errors import ConfigError, InputFileError
 from lss_cli.eval.features import Views, extract_features
 from lss_cli.eval.zero_shot import class_classifier, zero_shot_probs
@@ -21,10 +21,12 @@ def predict(videos: list[str], labels, *, checkpoint: str | None = None, model: 
             top_k: int = 5, device: str = "auto", batch_size: int = 4, num_workers: int = 0) -> list[dict[str, Any]]:
     """Ranked labels per video: softmax over all labels of the model's logit scale x cosine score.
 
-    `labels` is a `lss_cli.labels.LabelSet`. Returns one entry per video, in the order given:
+    `labels` is a `lss_cli.labels.LabelSet`. A folder in `videos` stands for the video files directly
+    in it, sorted by name (`expand_folders`). Returns one entry per video, in the order given:
     `{"video", "predictions": [{"label", "prob"}, ...]}` in descending probability, or
     `{"video", "error", "predictions": []}` for a video that could not be read.
     """
+    videos = expand_folders(videos)
     _check_request(videos, labels, num_frames, top_k)
     dev = resolve_device(device)
     vm = load_video_model(checkpoint, model=model, pretrained=pretrained, device=dev)
@@ -44,6 +46,24 @@ def predict(videos: list[str], labels, *, checkpoint: str | None = None, model: 
         out.append({"video": video, "predictions": [{"label": names[j], "prob": float(q)}
                                                     for q, j in zip(p.tolist(), idx.tolist(), strict=True)]})
     return out
+
+
+def expand_folders(videos: list[str]) -> list[str]:
+    """Each folder becomes the video files directly in it (by extension, hidden files left out),
+    sorted by name; other paths stay as given. A folder without videos is an input error."""
+    expanded = []
+    for video in videos:
+        folder = Path(video)
+        if not folder.is_dir():
+            expanded.append(video)
+            continue
+        found = sorted(f.name for f in folder.iterdir()
+                       if f.suffix.lower() in VIDEO_EXTENSIONS and not f.name.startswith(".") and f.is_file())
+        if not found:
+            raise InputFileError(f"{video} is a folder without video files ({', '.join(VIDEO_EXTENSIONS)})",
+                                 hint="pass video files, or a folder with videos directly in it (subfolders are not searched)")
+        expanded += [str(folder / name) for name in found]
+    return expanded
 
 
 def _check_request(videos: list[str], labels, num_frames: int, top_k: int) -> None:

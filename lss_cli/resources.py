@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from lss_cli.errors import ConfigError, InputFileError
+from lss_cli.textfiles import decode_text, read_bytes
 
 
 def prompts_dir() -> Path:
@@ -40,10 +41,10 @@ def load_prompt_yaml(name_or_path: str | Path, *, what: str = "prompt file", key
     Checks that it parses and is a mapping; with `keys`, that it holds no other keys; that each of
     `required` has a non-empty value. Errors name the file as `what` and carry `hint`."""
     path = prompt_path(name_or_path)
-    raw = path.read_bytes()
+    raw = read_bytes(path, what)
     try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
+        data = yaml.safe_load(decode_text(raw, path, what))
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer too long to convert
         raise InputFileError(f"{what} {path} is not valid YAML: {e}", hint=hint) from None
     if not isinstance(data, dict):
         raise InputFileError(f"{what} {path}: expected a mapping" + (f" with {', '.join(keys)}" if keys else ""),

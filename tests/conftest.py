@@ -40,6 +40,20 @@ def run_lss(*args: str, cwd: Path | str | None = None, env: dict | None = None, 
                           capture_output=True, text=True, timeout=timeout, input=input)
 
 
+def make_train_data(root: Path) -> Path:
+    """16 training clips of 4 classes (24 videos: 6 per class) and their concept bank in `root`
+    (tiny model, seed 0): the inputs of the short training runs."""
+    from lss_cli.concepts.build import build_concepts
+    from lss_cli.config import ConceptsConfig
+    from lss_cli.data.synth import SynthSpec, generate
+
+    generate(root, SynthSpec(classes=4, videos_per_class=6, frames=8, size=64, seed=0))
+    build_concepts(ConceptsConfig(labels=str(root / "classes.txt"), descriptions=str(root / "descriptions.jsonl"),
+                                  out=str(root / "concepts.safetensors"), model="lss-tiny", pretrained=None,
+                                  device="cpu"))
+    return root
+
+
 @pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory) -> Path:
     """A small synthetic dataset shared by the whole session (generated once, ~1 s)."""

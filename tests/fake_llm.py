@@ -43,6 +43,15 @@ class Status:
 
 
 @dataclass
+class Raw:
+    """These bytes as the response body, sent as-is (e.g. HTTP 200 with a body that is not JSON)."""
+
+    body: bytes
+    code: int = 200
+    content_type: str = "application/json"
+
+
+@dataclass
 class Stall:
     """Wait (until the server stops, at most `seconds`) before replying: trips client timeouts."""
 
@@ -59,7 +68,7 @@ class Hold:
     """Block until `release()` or the server stops, then reply validly."""
 
 
-Action = Ok | Text | Status | Stall | Drop | Hold
+Action = Ok | Text | Raw | Status | Stall | Drop | Hold
 
 
 @dataclass
@@ -180,13 +189,18 @@ def _handler_for(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 return self._send(action.code, {"error": err}, headers)
             if isinstance(action, Text):
                 return self._send(200, fake._completion(body, action.content, action.finish_reason))
+            if isinstance(action, Raw):
+                return self._send_bytes(action.code, action.body, action.content_type)
             return self._send(200, fake._valid(body, category, action if isinstance(action, Ok) else Ok()))
 
         def _send(self, code: int, obj: dict, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(obj).encode()
+            self._send_bytes(code, json.dumps(obj).encode(), "application/json", headers)
+
+        def _send_bytes(self, code: int, data: bytes, content_type: str,
+                        headers: dict[str, str] | None = None) -> None:
             try:
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)

@@ -123,3 +123,35 @@ def test_ctrl_c_exit_code_is_130():
     time.sleep(0.2)
     os.kill(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=20) == 130
+
+
+def test_user_text_is_never_read_as_markup(tmp_path):
+    # A path with `[/...]` crashed the error printer (rich MarkupError), and `[word]` vanished from
+    # messages: both are the user's text and must print exactly as written.
+    crash, vanish = tmp_path / "x [/id].mp4", tmp_path / "My clip [dQw4w9WgXcQ].mp4"
+    for video in (crash, vanish):
+        r = run_lss("predict", str(video), "--labels", "a,b", "--model", "lss-tiny", "--pretrained", "none")
+        assert r.returncode == 2, r.stderr
+        assert f"video not found: {video}" in r.stderr
+        assert "probably a bug" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_messages_print_brackets_as_written(capsys):
+    from lss_cli.runtime.progress import error, log, warn
+
+    warn("unreadable: v/bad[/x].mp4")
+    log("a [bold]b[/bold]", lead="demo ")
+    error("HTTP 400 from [/v1/chat/completions]", "pip install 'lss-cli[tensorboard]'")
+    err = capsys.readouterr().err
+    assert "Warning: unreadable: v/bad[/x].mp4" in err
+    assert "demo a [bold]b[/bold]" in err
+    assert "Error: HTTP 400 from [/v1/chat/completions]" in err
+    assert "Hint: pip install 'lss-cli[tensorboard]'" in err
+
+
+def test_help_shows_placeholders_in_angle_brackets():
+    # Typer's markdown help dropped `<command>` as an HTML tag ("default: runs//").
+    r = run_lss("train", "--help", env={"COLUMNS": "200"})
+    assert "runs/<command>/<timestamp>" in r.stdout
+    r = run_lss("describe", "--help", env={"COLUMNS": "200"})
+    assert "<out>.bak" in r.stdout

@@ -465,3 +465,25 @@ def test_a_broken_model_or_prompt_stops_after_the_first_ten_failures(tmp_path):
     assert len(s.failed) == calls and s.not_attempted == len(names) - calls and s.done == 0
     assert s.fatal.startswith(f"the first {EARLY_FAILURES_STOP} classes all failed") and "--limit 3" in s.fatal_hint
     assert sorted(read_state(tmp_path / "d.jsonl").failed) == names[:calls]
+
+
+def test_a_full_disk_while_appending_is_an_anticipated_error_and_keeps_what_was_written(tmp_path, monkeypatch):
+    # An OSError from the append (ENOSPC, a revoked permission) printed "unexpected OSError ...
+    # probably a bug"; it is the user's to fix, and the records already written stay valid.
+    import errno
+
+    import lss_cli.describe.records as records
+    from lss_cli.errors import LssError
+
+    out = tmp_path / "d.jsonl"
+    records.append_record(out, records.DescriptionRecord("a", ["a person jumps"], model="m"))
+    real_fsync = records.os.fsync
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(records.os, "fsync", full_disk)
+    with pytest.raises(LssError, match=r"could not append the record of 'b' to .*d\.jsonl: No space left on device"):
+        records.append_record(out, records.DescriptionRecord("b", ["a person runs"], model="m"))
+    monkeypatch.setattr(records.os, "fsync", real_fsync)
+    assert [r.category for r in records.read_records(out)[0]][0] == "a"

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import lss_cli.eval.cache as cache_module
+import lss_cli.runtime.tensor_io as tensor_io
 from lss_cli.eval.cache import STALE_TEMP_S, FeatureCache
 
 KEY = {"model": "m" * 16, "kind": "proj", "views": {"num_frames": 2, "num_clips": 1, "num_crops": 1},
@@ -106,7 +106,7 @@ def test_the_lock_is_held_while_saving_and_released_on_failure(tmp_path, monkeyp
                 held.append(True)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cache_module, "save_file", failing_save_file)
+    monkeypatch.setattr(tensor_io, "save_file", failing_save_file)  # the cache writes through save_safetensors
     with pytest.raises(OSError, match="No space"):
         cache.save()
     assert held == [True]

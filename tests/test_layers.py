@@ -1,7 +1,7 @@
 """The package's layering: imports point down only, and no module imports itself in a circle.
 
 The layers, lowest first (README "Architecture"): core (config, errors, labels, resources,
-hashing, runtime/) <- models <- describe <- concepts; data <- describe's records; train and eval
+textfiles, hashing, runtime/) <- models <- describe <- concepts; data <- describe's records; train and eval
 each build on core, data, models and concepts, and eval never on train; the applications (demo,
 predict) above them; the CLI on top. Every import counts here, also ones inside functions and
 under TYPE_CHECKING, because an upward edge is a design problem even when it is lazy.
@@ -17,7 +17,7 @@ from conftest import ROOT
 
 LAYERS: dict[str, tuple[str, ...]] = {  # layer -> module prefixes it holds
     "core": ("lss_cli", "lss_cli.errors", "lss_cli.hashing", "lss_cli.resources", "lss_cli.config", "lss_cli.labels",
-             "lss_cli.runtime"),
+             "lss_cli.textfiles", "lss_cli.runtime"),
     "models": ("lss_cli.models",),
     "describe": ("lss_cli.describe",),
     "concepts": ("lss_cli.concepts",),

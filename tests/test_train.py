@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_lss
+from conftest import ROOT, make_train_data, run_lss
 
 EXAMPLE = ROOT / "examples" / "synthetic_tiny.yaml"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -25,16 +25,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_TH
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> Path:
     """16 training clips of 4 classes and their concept bank (tiny model, seed 0)."""
-    from lss_cli.concepts.build import build_concepts
-    from lss_cli.config import ConceptsConfig
-    from lss_cli.data.synth import SynthSpec, generate
-
-    root = tmp_path_factory.mktemp("train-data")
-    generate(root, SynthSpec(classes=4, videos_per_class=6, frames=8, size=64, seed=0))
-    build_concepts(ConceptsConfig(labels=str(root / "classes.txt"), descriptions=str(root / "descriptions.jsonl"),
-                                  out=str(root / "concepts.safetensors"), model="lss-tiny", pretrained=None,
-                                  device="cpu"))
-    return root
+    return make_train_data(tmp_path_factory.mktemp("train-data"))
 
 
 def _small(root: Path, **extra: str) -> list[str]:

@@ -64,12 +64,9 @@ def _register() -> None:
 
 
 def _print_error(message: str, hint: str | None = None) -> None:
-    from rich.console import Console
+    from lss_cli.runtime.progress import error
 
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    err.print(f"[bold red]Error:[/bold red] {message}", markup=True)
-    if hint:
-        err.print(f"[dim]Hint:[/dim] {hint}")
+    error(message, hint)
 
 
 def _click_exceptions() -> tuple[tuple, tuple, tuple]:

@@ -13,7 +13,7 @@ from lss_cli.cli.options import Json, Quiet
 
 @app.command("demo")
 def demo(
-    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where to write (default: runs/demo/<timestamp>).")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where to write (default: `runs/demo/<timestamp>`).")] = None,
     classes: Annotated[int, typer.Option("--classes", help="Motion classes in the synthetic set (2-10).")] = 8,
     videos_per_class: Annotated[int, typer.Option("--videos-per-class", help="Clips per class (a quarter are test clips).")] = 24,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs (default: examples/synthetic_tiny.yaml's).")] = None,
@@ -52,8 +52,8 @@ READING = (
 
 
 def render_demo(summary: dict[str, Any]) -> None:
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from lss_cli.cli.render import stdout
 
@@ -69,8 +69,8 @@ def render_demo(summary: dict[str, Any]) -> None:
                       f"{100 * row['change']:+.2f}")
     stdout.print(table)
     stdout.print(READING)
-    stdout.print("[bold]Written[/bold]")
+    stdout.print(Text("Written", style="bold"))
     width = max(len(k) for k in summary["paths"])
     for name, path in summary["paths"].items():  # whole paths, one per line (a table would cut them)
-        stdout.print(f"  {name:<{width}}  {escape(path)}")
+        stdout.print(f"  {name:<{width}}  {path}")
     stdout.print(f"total {summary['seconds']:.0f} s")

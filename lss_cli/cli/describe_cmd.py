@@ -34,7 +34,7 @@ def describe(
     max_retries: Annotated[int | None, typer.Option("--max-retries", help="Retries per request on 429/5xx/timeouts.")] = None,
     max_reasks: Annotated[int | None, typer.Option("--max-reasks", help="Re-asks per class after an invalid reply.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N classes.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over (the old file is kept as <out>.bak).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over (the old file is kept as `<out>.bak`).")] = False,
     dry_run: DryRun = False,
     quiet: Quiet = False,
     json_out: Json = False,

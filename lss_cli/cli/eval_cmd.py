@@ -21,7 +21,7 @@ Templates = Annotated[str | None, typer.Option("--templates", help="Prompt templ
 Frames = Annotated[int | None, typer.Option("--num-frames", help="Frames per view.")]
 Clips = Annotated[int | None, typer.Option("--num-clips", help="Temporal views per video.")]
 Crops = Annotated[int | None, typer.Option("--num-crops", help="Spatial views: 1 or 3.")]
-Out = Annotated[str | None, typer.Option("--out", help="Results JSON (default: <run dir>/results.json).")]
+Out = Annotated[str | None, typer.Option("--out", help="Results JSON (default: `<run dir>/results.json`).")]
 Pairs = Annotated[str | None, typer.Option("--pairs", help="Time-reversal class pairs (`class<TAB>mate` a line) for the "
                                            "direction accuracy (default: a synthetic root's pairs.txt).")]
 
@@ -48,7 +48,6 @@ def _run(protocol: str, args, flags: dict[str, Any], output_dir, overwrite: bool
 
 
 def render_results(results: dict[str, Any], json_out: bool) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     from lss_cli.cli.render import print_json, stdout
@@ -60,7 +59,7 @@ def render_results(results: dict[str, Any], json_out: bool) -> None:
         return print_json(slim)
     has_top5 = "top5" in results["summary"]
     has_direction = "direction_accuracy" in results["summary"]
-    table = Table(title=f"{results['protocol']} on {results['dataset']} — {escape(results['checkpoint'])} "
+    table = Table(title=f"{results['protocol']} on {results['dataset']} — {results['checkpoint']} "
                         f"({results['views']['count']} view(s) x {results['views']['num_frames']} frames)",
                   title_justify="left")
     metrics = ["top1", *(["top5"] if has_top5 else []), *(["direction_accuracy"] if has_direction else [])]
@@ -73,9 +72,9 @@ def render_results(results: dict[str, Any], json_out: bool) -> None:
     table.add_row("mean ± std", *(f"{100 * m[k]['mean']:.2f} ± {100 * m[k]['std']:.2f}" for k in metrics), "", "", "")
     stdout.print(table)
     _print_unreadable(results["splits"])
-    stdout.print(f"results: {escape(results['results_file'])}")
+    stdout.print(f"results: {results['results_file']}")
     for plot in results.get("plots", []):
-        stdout.print(f"plot: {escape(plot)}")
+        stdout.print(f"plot: {plot}")
 
 
 METRIC_COLUMNS = {"top1": "top-1", "top5": "top-5", "direction_accuracy": "direction"}  # results key -> column
@@ -88,17 +87,17 @@ def _percent(value: float | None) -> str:
 
 def _print_unreadable(splits: list[dict[str, Any]]) -> None:
     """Every unreadable video, by path: test ones count as errors, train ones were left out of the fit."""
-    from rich.markup import escape
+    from rich.text import Text
 
     from lss_cli.cli.render import stdout
 
     for s in splits:
         for bad in s["unreadable"]:
-            stdout.print(f"[yellow]unreadable[/yellow] (split {s['split']}, counted as an error): "
-                         f"{escape(bad['path'])}: {escape(bad['error'])}")
+            stdout.print(Text.assemble(("unreadable", "yellow"), f" (split {s['split']}, counted as an error): "
+                                       f"{bad['path']}: {bad['error']}"))
         for bad in s.get("train_unreadable", []):
-            stdout.print(f"[yellow]unreadable training video[/yellow] (split {s['split']}, left out of the fit): "
-                         f"{escape(bad['path'])}: {escape(bad['error'])}")
+            stdout.print(Text.assemble(("unreadable training video", "yellow"),
+                                       f" (split {s['split']}, left out of the fit): {bad['path']}: {bad['error']}"))
 
 
 @eval_app.command("zero-shot")

@@ -11,7 +11,7 @@ import typer
 Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto = CUDA when present).",
                                            show_default=False)]
 Seed = Annotated[int | None, typer.Option("--seed", help="Random seed (each rank adds its rank).")]
-OutputDir = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory (default: runs/<command>/<timestamp>).")]
+OutputDir = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory (default: `runs/<command>/<timestamp>`).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Check inputs and show what would happen; do no heavy work.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info lines on stderr.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]

@@ -13,7 +13,7 @@ from lss_cli.cli.options import Device, Json, Quiet
 
 @app.command("predict")
 def predict(
-    videos: Annotated[list[Path], typer.Argument(help="Video files.")],
+    videos: Annotated[list[Path], typer.Argument(help="Video files, or folders of them (the videos directly inside, by name).")],
     labels: Annotated[str, typer.Option("--labels", help='Label names: "a,b,c", a file (one per line) or a built-in set.')],
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Exported model or run dir (default: CLIP baseline).")] = None,
     model: Annotated[str, typer.Option("--model", help="CLIP model when no checkpoint is given.")] = "ViT-B-16",
@@ -32,6 +32,8 @@ def predict(
         lss predict clip1.mp4 clip2.mp4 --labels "juggling,skateboarding,cooking" --checkpoint model.safetensors
 
         lss predict *.mp4 --labels ucf101 --model ViT-B-16 --pretrained /models/vit-b-16.safetensors --json
+
+        lss predict clips/ --labels labels.txt --checkpoint model.safetensors
     """
     from lss_cli.errors import LssError
     from lss_cli.labels import parse_label_arg
@@ -42,7 +44,7 @@ def predict(
     results = run_predict([str(v) for v in videos], parse_label_arg(labels), checkpoint=checkpoint, model=model,
                           pretrained=None if pretrained.lower() == "none" else pretrained, templates=templates,
                           num_frames=num_frames, top_k=top_k, device=device or "auto")
-    from rich.markup import escape
+    from rich.text import Text
 
     from lss_cli.cli.render import print_json, stdout
 
@@ -50,11 +52,11 @@ def predict(
         print_json(results)
     else:
         for r in results:
-            stdout.print(f"[bold]{escape(r['video'])}[/bold]")
+            stdout.print(Text(r["video"], style="bold"))
             if "error" in r:
-                stdout.print(f"  [red]unreadable:[/red] {escape(r['error'])}")
+                stdout.print(Text.assemble("  ", ("unreadable:", "red"), " ", r["error"]))
             for p in r["predictions"]:
-                stdout.print(f"  {p['prob']:6.1%}  {escape(p['label'])}")
+                stdout.print(f"  {p['prob']:6.1%}  {p['label']}")
     bad = [r["video"] for r in results if "error" in r]
     if bad:
         raise LssError(f"{len(bad)} video(s) could not be read: {', '.join(bad)}", hint="check them with `lss data check`")

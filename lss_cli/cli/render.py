@@ -1,4 +1,7 @@
-"""Rendering results: rich tables on stdout, or JSON with --json. No logic lives here."""
+"""Rendering results: rich tables on stdout, or JSON with --json. No logic lives here.
+
+Markup is off (see `lss_cli.runtime.progress`): every string prints as written; style is given
+with `Text` spans or a cell/column style."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-stdout = Console(highlight=False, soft_wrap=True)
+stdout = Console(markup=False, highlight=False, soft_wrap=True)
 
 
 def print_json(obj: Any) -> None:

@@ -10,6 +10,11 @@ import typer
 from lss_cli.cli import CONTEXT, app
 from lss_cli.cli.options import Device, DryRun, Json, OutputDir, Overrides, Overwrite, Quiet, Resume, Seed
 
+AllowConfigChange = Annotated[bool, typer.Option(
+    "--allow-config-change",
+    help="With --resume: accept a config that differs from the checkpoint's in keys that change the "
+    "result (the resumed run is then not an exact continuation).")]
+
 
 @app.command("train", context_settings=CONTEXT)
 def train(
@@ -17,6 +22,7 @@ def train(
     output_dir: OutputDir = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
+    allow_config_change: AllowConfigChange = False,
     device: Device = None,
     seed: Seed = None,
     dry_run: DryRun = False,
@@ -33,9 +39,13 @@ def train(
 
         lss train examples/synthetic_tiny.yaml optim.epochs=1 --output-dir runs/train/tiny --overwrite
 
-        lss train examples/synthetic_tiny.yaml --output-dir runs/train/tiny --resume
+        lss train runs/train/tiny/config.yaml --output-dir runs/train/tiny --resume
 
         torchrun --nproc-per-node 8 -m lss_cli train examples/lss_k400_vitb16.yaml data.root=/data/k400
+
+    --resume continues from the newest intact checkpoint (damaged newer ones are skipped, with a
+    warning) and refuses a config that differs from the checkpoint's unless --allow-config-change.
+    --overwrite moves the old run's metrics and checkpoints into a replaced-* folder of the run dir.
     """
     from lss_cli.cli.options import split_config_args
     from lss_cli.config import TrainConfig, dump_yaml, load_config
@@ -45,7 +55,8 @@ def train(
     path, overrides = split_config_args(args)
     cfg = load_config(TrainConfig, path, overrides, flags={
         "run.output_dir": str(output_dir) if output_dir else None, "run.resume": resume or None,
-        "run.overwrite": overwrite or None, "run.device": device, "run.seed": seed})
+        "run.overwrite": overwrite or None, "run.allow_config_change": allow_config_change or None,
+        "run.device": device, "run.seed": seed})
     if dry_run:
         from lss_cli.train.inputs import check_inputs
 

@@ -12,16 +12,16 @@ the one it is used with.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from lss_cli.errors import ConfigError, InputFileError
+from lss_cli.runtime.outputs import write_output
+from lss_cli.runtime.tensor_io import save_safetensors
 
 FORMAT = "lss-concepts"
 FORMAT_VERSION = 1
@@ -138,14 +138,9 @@ def save_concept_bank(bank: ConceptBank, path: str | Path) -> Path:
     meta = {**bank.metadata, "format": FORMAT, "format_version": FORMAT_VERSION,
             "category_names": bank.category_names, "description_texts": bank.description_texts,
             "num_label_categories": bank.num_label_categories}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={k: json.dumps(v, ensure_ascii=False) for k, v in meta.items()})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    metadata = {k: json.dumps(v, ensure_ascii=False) for k, v in meta.items()}
+    # An unwritable --out after the encoding: the bank goes to a temp folder and the error names it.
+    return write_output(path, lambda p: save_safetensors(p, tensors, metadata), what="concept bank")
 
 
 def _read_bank_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

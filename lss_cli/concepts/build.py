@@ -22,6 +22,7 @@ from lss_cli.concepts.templates import render_prompts
 from lss_cli.errors import ConfigError
 from lss_cli.models.clip import check_model, load_clip
 from lss_cli.runtime.device import resolve_device
+from lss_cli.runtime.outputs import check_output
 from lss_cli.runtime.progress import log, make_progress, warn
 
 if TYPE_CHECKING:
@@ -29,18 +30,22 @@ if TYPE_CHECKING:
     from lss_cli.models.clip import Clip
 
 
-def _check_output(cfg: ConceptsConfig) -> None:
+def _check_output(cfg: ConceptsConfig, create: bool = True) -> None:
+    """--out is a new file (or --overwrite) in a folder that can be written, found before encoding.
+    `create=False` (the dry run) leaves a missing folder uncreated: it is then checked by its parent."""
     out = Path(cfg.out)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a directory", hint="give a file path, e.g. concepts.safetensors")
     if out.exists() and not cfg.overwrite:
         raise ConfigError(f"{out} exists", hint="pass --overwrite to replace it, or choose another --out")
+    if create:
+        check_output(out, "concept bank")
 
 
 def plan_concepts(cfg: ConceptsConfig) -> dict[str, Any]:
     """`--dry-run`: check every input and the model name; return the counts. Encodes nothing."""
     inputs = gather_inputs(cfg)
-    _check_output(cfg)
+    _check_output(cfg, create=False)
     weights = check_model(cfg.model, cfg.pretrained)
     return {"dry_run": True, "out": cfg.out, "model": cfg.model, "pretrained": cfg.pretrained,
             "weights_id": weights, **inputs.counts(), "missing": inputs.missing,

@@ -19,6 +19,7 @@ from lss_cli.describe.records import read_records
 from lss_cli.errors import ConfigError, InputFileError
 from lss_cli.hashing import file_sha256
 from lss_cli.labels import load_label_set
+from lss_cli.textfiles import read_text
 
 if TYPE_CHECKING:
     from lss_cli.config import ConceptsConfig
@@ -30,7 +31,7 @@ def read_text_list(path: str | Path, what: str) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"{what} file not found: {path}", hint="check the path (one entry per line)")
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    lines = (line.strip() for line in read_text(path, f"{what} file").splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from lss_cli.data.datasets import VideoList, load_list
 from lss_cli.data.video_io import check_video
 from lss_cli.errors import ConfigError
+from lss_cli.runtime.outputs import check_output, write_output, write_text_atomic
 from lss_cli.runtime.progress import make_progress
-from lss_cli.runtime.rundir import write_text_atomic
 
 _WORKER_STATE: dict = {}  # set in each pool worker by _init_worker
 
@@ -78,12 +78,14 @@ def check_videos(videos: VideoList, *, workers: int = 1, timeout: float = 60.0, 
     return sorted(bad)
 
 
-def write_report(path: str | Path, rows: list[tuple[str, str]]) -> None:
-    """TSV `path<TAB>reason` with a header line, written atomically (also when empty)."""
+def write_report(path: str | Path, rows: list[tuple[str, str]]) -> Path:
+    """TSV `path<TAB>reason` with a header line, written atomically (also when empty). Where `path`
+    cannot be written by now, the report goes to a temp folder and the LssError names it."""
     def clean(text: str) -> str:
         return " ".join(text.split())  # no tabs or newlines inside a field
 
-    write_text_atomic(path, "path\treason\n" + "".join(f"{clean(p)}\t{clean(r)}\n" for p, r in rows))
+    text = "path\treason\n" + "".join(f"{clean(p)}\t{clean(r)}\n" for p, r in rows)
+    return write_output(path, lambda p: write_text_atomic(p, text), what="report", option="--report")
 
 
 def default_report_path(list_file: str | Path) -> Path:
@@ -97,6 +99,7 @@ def run_check(list_file: str | Path, root: str | Path, *, workers: int | None = 
     videos = load_list(list_file, root)
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     report = Path(report) if report is not None else default_report_path(list_file)
+    check_output(report, "report", "--report")  # a missing or read-only folder fails before the decoding
     bad = check_videos(videos, workers=workers, timeout=timeout, progress=make_progress())
     rows = [(videos.path(i), reason) for i, reason in bad]
     write_report(report, rows)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -51,6 +52,7 @@ import numpy as np
 
 from lss_cli.errors import ConfigError, InputFileError
 from lss_cli.labels import load_label_set, package_file
+from lss_cli.textfiles import read_text
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
                     ".3gp", ".ogv")
@@ -113,13 +115,7 @@ class VideoList:
 def _data_lines(path: Path, comments: bool = True) -> Iterable[tuple[int, str]]:
     """(line number, stripped text) of non-blank lines, without `#` comment lines when `comments`
     (official split files have no comments: HMDB51 file names may start with '#'). Handles CRLF."""
-    if not path.is_file():
-        raise InputFileError(f"list file not found: {path}", hint="check the path")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputFileError(f"{path}: not UTF-8 text ({e})", hint="list files are plain UTF-8 text") from None
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    for lineno, raw in enumerate(read_text(path, "list file").splitlines(), start=1):
         line = raw.strip()
         if line and not (comments and line.startswith("#")):
             yield lineno, line
@@ -199,7 +195,7 @@ def _read_csv_list(path: Path, classes: Sequence[str] | None) -> tuple[list[str]
     paths: list[str] = []
     labels: list[int] = []
     first = True
-    with open(path, newline="", encoding="utf-8") as f:
+    with io.StringIO(read_text(path, "list file"), newline="") as f:
         for lineno, row in enumerate(csv.reader(f), start=1):
             row = [c.strip() for c in row]
             if not row or not row[0] or row[0].startswith("#"):
@@ -322,6 +318,9 @@ def read_hmdb51_splits(splits_dir: str | Path, split: int, classes: Sequence[str
 
 
 def _is_kinetics_csv(path: Path) -> bool:
+    """A sniff of the header only (a Kinetics CSV is large): the reader proper checks the encoding."""
+    if not path.is_file():
+        return False  # the reader says it is missing
     with open(path, encoding="utf-8", errors="replace") as f:
         return "youtube_id" in f.readline()
 
@@ -335,7 +334,7 @@ def read_kinetics_csv(path: str | Path) -> list[tuple[int, str | None, str, str]
     if not path.is_file():
         raise InputFileError(f"Kinetics CSV not found: {path}", hint="check the path")
     out: list[tuple[int, str | None, str, str]] = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with io.StringIO(read_text(path, "Kinetics CSV"), newline="") as f:
         reader = csv.DictReader(f)
         need = {"youtube_id", "time_start", "time_end"}
         if reader.fieldnames is None or not need <= set(reader.fieldnames):

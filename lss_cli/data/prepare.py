@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lss_cli.data.datasets import VideoList, load_dataset
 from lss_cli.errors import ConfigError, InputFileError
-from lss_cli.runtime.rundir import write_text_atomic
+from lss_cli.runtime.outputs import check_output_dir, write_output, write_text_atomic
 
 PREPARABLE = ("ucf101", "hmdb51", "kinetics400", "kinetics600")
 
@@ -44,6 +44,12 @@ def _official_lists(dataset: str, root: Path, splits_dir: Path | None) -> dict[s
     return lists
 
 
+def _write_files(folder: Path, files: dict[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        write_text_atomic(folder / name, text)
+
+
 def prepare_lists(dataset: str, root: str | Path, out: str | Path, *, splits_dir: str | Path | None = None,
                   drop_missing: bool = False) -> dict:
     """Write the lists (see the module docstring) and return a summary dict."""
@@ -51,24 +57,25 @@ def prepare_lists(dataset: str, root: str | Path, out: str | Path, *, splits_dir
         raise ConfigError(f"cannot prepare {dataset!r}: official files are read for {', '.join(PREPARABLE)}",
                           hint="other datasets are already plain lists or folders")
     root, out = Path(root), Path(out)
+    check_output_dir(out, "lists")
     lists = _official_lists(dataset, root, Path(splits_dir) if splits_dir else None)
-    out.mkdir(parents=True, exist_ok=True)
     classes = next(iter(lists.values())).classes
-    write_text_atomic(out / "classes.txt", "".join(c + "\n" for c in classes))
+    files = {"classes.txt": "".join(c + "\n" for c in classes)}  # file name -> text, written together below
     rows, missing_lines = [], []
     exists = functools.cache(os.path.isfile)  # each video appears in all 3 splits: stat it once
     for name, videos in lists.items():
         missing = [i for i in range(len(videos)) if not exists(videos.path(i))]
         missing_lines += [f"{name}.txt\t{videos.relpath(i)}\n" for i in missing]
         skip = set(missing) if drop_missing else set()
-        write_text_atomic(out / f"{name}.txt", "".join(f"{videos.relpath(i)} {videos.label(i)}\n"
-                                                       for i in range(len(videos)) if i not in skip))
+        files[f"{name}.txt"] = "".join(f"{videos.relpath(i)} {videos.label(i)}\n"
+                                       for i in range(len(videos)) if i not in skip)
         rows.append({"list": str(out / f"{name}.txt"), "videos": len(videos), "missing": len(missing),
                      "written": len(videos) - len(skip)})
     report = out / "missing.txt"
     if missing_lines:
-        write_text_atomic(report, "list\tpath\n" + "".join(missing_lines))
-    elif report.exists():
+        files[report.name] = "list\tpath\n" + "".join(missing_lines)
+    write_output(out, lambda folder: _write_files(folder, files), what="lists")
+    if not missing_lines and report.exists():
         report.unlink()  # a stale report from an earlier run would contradict these lists
     return {"dataset": dataset, "root": str(root), "out": str(out), "classes": len(classes), "lists": rows,
             "missing": len(missing_lines), "missing_report": str(report) if missing_lines else None,

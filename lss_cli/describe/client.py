@@ -4,7 +4,8 @@ This is the only module that imports `openai`. It does no retrying itself (the c
 with `max_retries=0`): `lss_cli.describe.run` owns retries, backoff and call counting, so every HTTP
 request is accounted for. Errors are mapped to three kinds:
 
-- `retry`: worth trying again (429, 408/409, 5xx, timeouts, dropped connections), with the
+- `retry`: worth trying again (429, 408/409, 5xx, timeouts, dropped connections, a success
+  status whose body is not JSON: a proxy's error page, a body cut short), with the
   server's Retry-After when it sent one;
 - `class`: this request is bad but others may work (e.g. 400, 422);
 - `fatal`: every request will fail the same way (bad key, no such model, quota used up): stop.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import email.utils
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -33,6 +35,7 @@ DEFAULT_HOST = "api.openai.com"
 # What a keyless local server is sent: the client needs some key, local servers ignore it.
 LOCAL_PLACEHOLDER_KEY = "no-key-needed"
 _KEY_SHAPE = re.compile(r"sk-[A-Za-z0-9_\-*.]{6,}")
+_SHOWN_CHARS = 200  # of a body that is not JSON, quoted in the error
 
 ErrorKind = Literal["retry", "class", "fatal"]
 Client = openai.OpenAI  # so callers can name the type without importing openai themselves
@@ -105,16 +108,45 @@ def chat(client: Client, model: str, messages: list[dict[str, str]], temperature
         raise _classify(e, secret) from None
     except openai.OpenAIError as e:  # anything else the client rejects about the reply
         raise LlmCallError(redact(f"unusable reply: {e}", secret), "class") from None
-    if not getattr(resp, "choices", None):
+    except json.JSONDecodeError as e:  # a success status with a body that is not JSON (a proxy's page, a cut body)
+        raise _not_json(e.doc, secret) from None
+    except UnicodeDecodeError as e:  # ... or not even text
+        raise _not_json(e.object.decode("utf-8", errors="replace"), secret) from None
+    if isinstance(resp, str):  # a non-JSON content type: the client hands back the body as text
+        raise _not_json(resp, secret)
+    return _reply_of(resp)
+
+
+def _not_json(body: str, secret: str | None) -> LlmCallError:
+    """A success status whose body is no completion: retried, as a server having a bad moment
+    (an overloaded proxy's HTML page, a body cut short) usually answers properly the next time."""
+    text = " ".join(body.split())
+    shown = "an empty body" if not text else repr(text[:_SHOWN_CHARS]) + ("..." if len(text) > _SHOWN_CHARS else "")
+    return LlmCallError(redact(f"the server answered with a success status but its body is not a JSON object: {shown}",
+                               secret), "retry")
+
+
+def _reply_of(resp: object) -> ChatReply:
+    """The parts of a completion we use. The client does not validate a reply's shape, so a
+    server sending odd JSON (`"choices": "x"`) must not reach attribute access unchecked."""
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list) or not choices:
         raise LlmCallError("the server sent a reply without choices", "class")
-    choice = resp.choices[0]
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    text = getattr(message, "content", None)
+    finish_reason = getattr(choice, "finish_reason", None)
+    if (not hasattr(choice, "message") or not isinstance(text, str | None)
+            or not isinstance(finish_reason, str | None)):
+        raise LlmCallError("the server sent a reply whose choice is not a chat message", "class")
     usage = getattr(resp, "usage", None)
-    return ChatReply(
-        text=choice.message.content if choice.message is not None else None,
-        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-        finish_reason=choice.finish_reason,
-    )
+    return ChatReply(text=text, prompt_tokens=_count(getattr(usage, "prompt_tokens", 0)),
+                     completion_tokens=_count(getattr(usage, "completion_tokens", 0)), finish_reason=finish_reason)
+
+
+def _count(value: object) -> int:
+    """A token count as reported; anything that is not a non-negative integer counts as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _classify(e: openai.APIError, secret: str | None) -> LlmCallError:

@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lss_cli.errors import InputFileError
-from lss_cli.runtime.rundir import write_text_atomic
+from lss_cli.errors import InputFileError, LssError
+from lss_cli.runtime.outputs import os_reason, write_text_atomic
+from lss_cli.textfiles import BOM
 
 
 @dataclass
@@ -92,14 +93,20 @@ def append_record(path: str | Path, record: DescriptionRecord | FailedRecord) ->
     record is never glued onto the broken one.
     """
     line = _line(record)
-    with open(path, "a+b") as f:
-        if f.tell() > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                line = "\n" + line
-        f.write(line.encode("utf-8"))  # append mode: always at the end, whatever the read position
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a+b") as f:
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
+            f.write(line.encode("utf-8"))  # append mode: always at the end, whatever the read position
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a full disk or a revoked permission is the user's to fix, not a bug
+        # What is already in the file stays valid: a torn last line is cut off by the next run.
+        raise LssError(f"could not append the record of {record.category!r} to {path}: {os_reason(e)}",
+                       hint="free disk space or make the file writable, then rerun the same command: "
+                            "the classes already written are kept and skipped") from None
 
 
 def repair_tail(path: str | Path) -> str | None:
@@ -193,7 +200,7 @@ def _parse_line(line: str, where: str) -> DescriptionRecord | FailedRecord | Non
     """One line -> a record; None if it is not JSON (a torn write). A JSON line that is not a
     valid record is an error naming the line: that is someone else's file, not a crash."""
     try:
-        obj = json.loads(line)
+        obj = json.loads(line.removeprefix(BOM))  # a BOM only ever starts the file, so its first line
     except json.JSONDecodeError:
         return None
     if isinstance(obj, dict) and obj.get("status") == FAILED:

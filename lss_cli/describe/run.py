@@ -214,6 +214,11 @@ def _check_inputs(cfg: DescribeConfig, env: dict[str, str] | None) -> tuple[list
     out = Path(cfg.out)
     if out.exists() and not out.is_file():
         raise InputFileError(f"--out {out} exists and is not a file", hint="name a .jsonl file")
+    try:
+        out.resolve()  # the lock is taken on the real path
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        raise InputFileError(f"--out {out}: its path cannot be resolved (a symlink loop?)",
+                             hint="point --out at a regular file or a symlink to one") from None
     return names, prompt, endpoint, out
 
 
@@ -307,12 +312,16 @@ def _exclusive(out: Path) -> Iterator[None]:
 
     An advisory lock on a hidden sidecar file (`.<out>.lock`, left in place); the OS drops it
     when the process dies, so a killed run never blocks the next one. No-op where fcntl is missing.
+    The sidecar sits beside the output's real path (symlinks resolved), so two runs naming one
+    file differently (a symlink, a linked folder, `./` or `..`) still take the same lock.
     """
     if fcntl is None:
         yield
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "a") as f:
+    real = out.resolve()
+    real.parent.mkdir(parents=True, exist_ok=True)  # a symlink may point into a folder not made yet
+    with open(real.parent / f".{real.name}.lock", "a") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load, save_file
+from safetensors.torch import load
 
 from lss_cli.runtime.progress import warn
+from lss_cli.runtime.tensor_io import save_safetensors
 
 CACHE_VERSION = 1  # bump when the feature computation changes
 # A temp file of a killed writer is removed once it is this old (and its pid is gone): see
@@ -106,7 +107,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale_temp_files(path: Path) -> None:
-    """Remove the temp files (`.<name>.tmp-<pid>`, of the main or a partial file) that a writer
+    """Remove the temp files (`.<name>.<random>.tmp-<pid>`, of the main or a partial file) that a writer
     killed mid-save (kill -9, OOM killer, power loss) left behind. A temp file is removed only when
     its pid is not a live process on this machine AND it is older than STALE_TEMP_S: on a shared
     filesystem the writer may run on another host, where the pid says nothing, but no save takes
@@ -247,11 +248,7 @@ class FeatureCache:
         feats = torch.stack([self.entries[p][1] for p in videos]).contiguous()  # [n, V, D]
         ok = torch.tensor([self.entries[p][2] for p in videos])
         rows = [[p, self.entries[p][0], self.entries[p][3]] for p in videos]
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            save_file({"feats": feats, "ok": ok}, str(tmp), metadata={"rows": json.dumps(rows), "key": json.dumps(self.key)})
-            written = _signature(tmp)  # a rename keeps inode, size and mtime
-            os.replace(tmp, path)
-            self._seen[path] = written
-        finally:
-            tmp.unlink(missing_ok=True)  # only left when the write failed or was interrupted
+        save_safetensors(path, {"feats": feats, "ok": ok}, metadata={"rows": json.dumps(rows), "key": json.dumps(self.key)})
+        # No other process replaces `path` meanwhile: the main file is written under the lock, a
+        # partial file by its rank alone.
+        self._seen[path] = _signature(path)

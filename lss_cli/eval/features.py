@@ -89,7 +89,9 @@ class _Checkpointer:
         if self.save is None or self.pending == 0:
             return
         tic = time.monotonic()
-        self.save()
+        if not _cache_write(self.save):
+            self.save = None  # the cache folder refuses writes: evaluate on without checkpoints
+            return
         self.pending = 0
         self.due = time.monotonic() + max(SAVE_EVERY_S, SAVE_COST_FACTOR * (time.monotonic() - tic))
 
@@ -100,6 +102,18 @@ class _Checkpointer:
             self.flush()
         except Exception as e:  # noqa: BLE001 - reported, then the original exception goes on
             warn(f"could not save the feature cache on the way out ({type(e).__name__}: {e})")
+
+
+def _cache_write(write: Callable[[], None]) -> bool:
+    """Run one write of the feature cache; a cache that cannot be written (full disk, read-only
+    folder) is a warning, never the end of an evaluation whose features are in memory."""
+    try:
+        write()
+    except OSError as e:
+        warn(f"could not write the feature cache ({e.strerror or type(e).__name__}: {e.filename}); the evaluation "
+             "goes on, but a rerun will encode these videos again")
+        return False
+    return True
 
 
 @contextmanager
@@ -256,7 +270,7 @@ def extract_features(model, videos, views: Views, *, kind: str = "proj", cache_d
             if cache is not None and keys[j] not in cache.fresh:
                 cache.add(keys[j], *got[j])  # another rank's video (rank 0 writes them to the main file)
         if cache is not None and _is_main():
-            cache.merge_partials()
+            _cache_write(cache.merge_partials)
         barrier()  # every rank then reads the same cache file, so all agree on what is missing
     feats = torch.stack([rows[i][0] for i in range(len(videos))])
     ok = torch.tensor([rows[i][1] for i in range(len(videos))], dtype=torch.bool)
@@ -273,7 +287,7 @@ def _open_cache(cache_dir: str | Path | None, model, kind: str, views: Views) ->
                                      "image_size": model.clip.image_size})
     barrier()  # every rank has read the partial files before rank 0 removes them
     if cache.partials and _is_main():
-        cache.merge_partials()
+        _cache_write(cache.merge_partials)
     barrier()  # ... and they are gone before any rank writes its own
     return cache
 

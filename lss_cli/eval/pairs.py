@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from lss_cli.errors import ConfigError, InputFileError
+from lss_cli.textfiles import read_text
 
 SYNTH_PAIRS_FILE = "pairs.txt"  # written by `lss data synth` into the dataset root
 
@@ -43,7 +44,7 @@ def read_pairs(path: str | Path) -> ClassPairs:
     if not path.is_file():
         raise InputFileError(f"pairs file not found: {path}", hint="check --pairs (a path relative to the current folder)")
     pairs, lines, seen = [], [], {}
-    for n, raw in enumerate(path.read_text().splitlines(), 1):
+    for n, raw in enumerate(read_text(path, "pairs file").splitlines(), 1):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         names = [x.strip() for x in raw.split("\t")]

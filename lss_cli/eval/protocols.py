@@ -14,6 +14,8 @@ the same scores as top-1 (zero-shot: view-averaged probabilities; probe: its log
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +104,20 @@ def load_split(cfg: EvalConfig, split: str, part: str) -> VideoList:
     if part == "train" and cfg.train_list is not None:
         return load_dataset("list" if cfg.dataset == "folder" else cfg.dataset, cfg.root, "train", cfg.train_list)
     return load_dataset(cfg.dataset, cfg.root, part, cfg.list_file)
+
+
+def missing_videos(cfg: EvalConfig, protocol: str) -> list[tuple[str, VideoList, list[int]]]:
+    """(name, videos, indices of the files not there) of every list `protocol` reads, by file
+    existence only: nothing is decoded and no model is needed."""
+    exists = functools.cache(os.path.isfile)  # UCF101's and HMDB51's splits share their videos: stat each once
+    parts = ("train", "test") if protocol == "linear-probe" else ("test",)
+    checked = []
+    for split in split_names(cfg):
+        for part in parts:
+            videos = load_split(cfg, split, part)
+            name = f"{part} list" if split == "-" else f"split {split} {part} list"
+            checked.append((name, videos, [i for i in range(len(videos)) if not exists(videos.path(i))]))
+    return checked
 
 
 def _features(ctx: EvalContext, videos: VideoList, kind: str, desc: str) -> Features:

@@ -9,6 +9,7 @@ unreadable with every unreadable path and reason, versions and timing.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,21 @@ import numpy as np
 import torch
 
 from lss_cli.config import EvalConfig
+from lss_cli.errors import LssError
 from lss_cli.eval.features import Views
-from lss_cli.eval.protocols import EvalContext, check_pairs, check_protocol, run_protocol
+from lss_cli.eval.protocols import EvalContext, check_pairs, check_protocol, missing_videos, run_protocol
 from lss_cli.models.artefact import load_video_model
 from lss_cli.runtime.device import resolve_device
-from lss_cli.runtime.dist import barrier, cleanup, init_distributed
-from lss_cli.runtime.rundir import default_run_dir, environment, prepare_run_dir, write_text_atomic
+from lss_cli.runtime.dist import cleanup, init_distributed
+from lss_cli.runtime.outputs import check_output, write_atomic, write_output, write_text_atomic
+from lss_cli.runtime.progress import warn
+from lss_cli.runtime.rundir import environment, make_run_dir
 
 DEFAULT_CACHE_DIR = Path("runs") / "feature-cache"  # shared by every eval run started in this folder
+# A list with more than this share of its videos missing is a wrong --root or --list-file, not a
+# few lost files: evaluating it would report a meaningless accuracy.
+MISSING_LIMIT = 0.5
+MISSING_REPORT = "missing_videos.tsv"
 
 
 def evaluate(cfg: EvalConfig, protocol: str, *, output_dir: str | Path | None = None,
@@ -41,22 +49,27 @@ def evaluate(cfg: EvalConfig, protocol: str, *, output_dir: str | Path | None = 
         device = torch.device("cuda", dist.local_rank)
     try:
         out = Path(cfg.out) if cfg.out else None
-        run_dir = Path(output_dir) if output_dir else (out.parent if out else default_run_dir(f"eval-{protocol}"))
+        # An explicit --out without --output-dir makes its folder the run dir (other runs' results may share it).
+        run_dir = make_run_dir(f"eval-{protocol}", output_dir or (out.parent if out else None),
+                               overwrite=overwrite or (out is not None and output_dir is None))
+        results_path = out or run_dir / "results.json"
+        option = "--out" if out else "--output-dir"
         if dist.is_main:
-            prepare_run_dir(run_dir, overwrite=overwrite or (out is not None and output_dir is None))
-        barrier()
+            check_output(results_path, "results", option)  # a read-only folder fails now, not after the work
+        refuse_missing_videos(cfg, protocol, run_dir, write=dist.is_main)
         model = load_video_model(cfg.checkpoint, model=cfg.model, pretrained=cfg.pretrained, device=device,
                                  seed=cfg.seed)
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE_DIR
         ctx = EvalContext(cfg, model, device, cache_dir, Views(cfg.num_frames, cfg.num_clips, cfg.num_crops), pairs=pairs)
         results = run_protocol(ctx, protocol)
         results["environment"] = {**environment(str(device)), "world_size": dist.world_size}
-        results_path = out or run_dir / "results.json"
         results["results_file"] = str(results_path)
         results["plots"] = []
         if dist.is_main:
-            write_text_atomic(results_path, json.dumps({k: v for k, v in results.items() if k not in ("results_file", "plots")},
-                                                       indent=2) + "\n")
+            doc = json.dumps({k: v for k, v in results.items() if k not in ("results_file", "plots")}, indent=2) + "\n"
+            # Unwritable now (disk full, permissions changed): saved in the run dir or a temp folder, and the error says where.
+            write_output(results_path, partial(write_text_atomic, text=doc), what="results", option=option,
+                         fallback_dir=run_dir)
             # Beside an explicit --out file, plots take its name so several results can share a folder.
             results["plots"] = write_plots(results, results_path.parent, prefix=f"{out.stem}-" if out else "")
         results["is_main"] = dist.is_main
@@ -65,8 +78,39 @@ def evaluate(cfg: EvalConfig, protocol: str, *, output_dir: str | Path | None = 
         cleanup()
 
 
+def refuse_missing_videos(cfg: EvalConfig, protocol: str, run_dir: Path, write: bool) -> None:
+    """Stop before any model is loaded or video decoded when a list misses most of its videos (a
+    wrong --root or --list-file): an error with a short summary, every missing path in
+    `run_dir/missing_videos.tsv` (written when `write`: rank 0). Fewer missing videos are evaluated
+    as unreadable, as before."""
+    checked = missing_videos(cfg, protocol)
+    bad = [(what, videos, gone) for what, videos, gone in checked if len(gone) > MISSING_LIMIT * len(videos)]
+    if not bad:
+        return
+    report = run_dir / MISSING_REPORT
+    if write:
+        write_text_atomic(report, "list\tpath\n" + "".join(f"{what}\t{videos.path(i)}\n"
+                                                            for what, videos, gone in checked for i in gone))
+    what, videos, gone = bad[0]
+    first = ", ".join(videos.relpath(i) for i in gone[:3])
+    more = f"; {len(bad) - 1} more list(s) likewise" if len(bad) > 1 else ""
+    raise LssError(f"{what} ({videos.source}): {len(gone)} of {len(videos)} videos are missing under the root "
+                   f"{cfg.root!r} (first: {first}){more}; nothing was evaluated. All missing paths: {report}",
+                   hint="check --root (the folder the list's paths are relative to) and --list-file / --dataset; "
+                        "`lss data check LIST --root ROOT` checks a list")
+
+
 def write_plots(results: dict[str, Any], run_dir: Path, prefix: str = "") -> list[str]:
-    """Per-class accuracy bars and a confusion matrix per split (needs the `plots` extra)."""
+    """Per-class accuracy bars and a confusion matrix per split (needs the `plots` extra). A plot
+    that cannot be written is a warning: the results file holds every number."""
+    try:
+        return _write_plots(results, run_dir, prefix)
+    except OSError as e:
+        warn(f"plots not written to {run_dir} ({e.strerror or e}); the results file holds every number")
+        return []
+
+
+def _write_plots(results: dict[str, Any], run_dir: Path, prefix: str) -> list[str]:
     try:  # matplotlib is an optional extra, so it is imported here and not at the top
         import matplotlib  # noqa: PLC0415
 
@@ -88,7 +132,7 @@ def write_plots(results: dict[str, Any], run_dir: Path, prefix: str = "") -> lis
         ax.set_title(f"{results['dataset']} {tag}: mean {s['top1']:.3f}")
         fig.tight_layout()
         path = run_dir / f"per_class_{tag}.png"
-        fig.savefig(path, dpi=120)
+        _save_figure(fig, path)
         plt.close(fig)
         written.append(str(path))
         written.append(_confusion_plot(plt, s, results["dataset"], tag, run_dir))
@@ -110,6 +154,10 @@ def _confusion_plot(plt, s: dict[str, Any], dataset: str, tag: str, run_dir: Pat
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     path = run_dir / f"confusion_{tag}.png"
-    fig.savefig(path, dpi=120)
+    _save_figure(fig, path)
     plt.close(fig)
     return str(path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))

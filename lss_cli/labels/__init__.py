@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from lss_cli.errors import ConfigError, InputFileError
+from lss_cli.textfiles import read_text
 
 # name -> (file inside this package, one-line description)
 BUILTIN: dict[str, tuple[str, str]] = {
@@ -61,7 +62,7 @@ def package_file(relative: str) -> Path:
 def _read_names(path: Path, origin: str) -> tuple[str, ...]:
     names: list[str] = []
     seen: dict[str, int] = {}
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, raw in enumerate(read_text(path, "label file").splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from lss_cli import __version__
 from lss_cli.config import ModelConfig, TrainConfig, from_dict
@@ -27,6 +26,8 @@ from lss_cli.hashing import file_sha256
 from lss_cli.models.clip import Clip, load_clip
 from lss_cli.models.video import build_video_encoder
 from lss_cli.runtime.checkpoint import load_checkpoint
+from lss_cli.runtime.outputs import check_output, write_output
+from lss_cli.runtime.tensor_io import save_safetensors
 
 FORMAT = "lss-video-model/1"
 
@@ -42,6 +43,7 @@ class VideoModel:
 
 def export_teacher(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
     """Write the teacher of a training checkpoint + CLIP's text side as one safetensors file."""
+    out = check_output(out, "exported model")  # an unwritable --out fails before the checkpoint is read
     ck = load_checkpoint(checkpoint)
     cfg = from_dict(TrainConfig, ck.meta["config"])
     clip = load_clip(cfg.model.name, cfg.model.pretrained, seed=cfg.run.seed)
@@ -55,11 +57,7 @@ def export_teacher(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
         "clip_weights_id": clip.weights_id, "mean": json.dumps(clip.mean), "std": json.dumps(clip.std),
         "image_size": str(clip.image_size),
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(out)
+    write_output(out, lambda p: save_safetensors(p, tensors, meta), what="exported model")
     return {"out": str(out), "step": ck.step, "tensors": len(tensors), "model": cfg.model.name}
 
 

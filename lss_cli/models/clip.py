@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import logging
 import os
+import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,10 +25,11 @@ import open_clip
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from lss_cli.errors import ConfigError, LssError
+from lss_cli.errors import ConfigError, InputFileError, LssError
 from lss_cli.hashing import file_sha256
+from lss_cli.runtime.tensor_io import save_safetensors
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -85,7 +87,11 @@ def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str]:
     if path.suffix in (".safetensors", ".bin", ".pt", ".pth") or os.sep in pretrained:
         if not path.is_file():
             raise ConfigError(f"weights file not found: {path}", hint="check --pretrained")
-        return name, str(path), f"sha256:{file_sha256(path)}"
+        try:
+            return name, str(path), f"sha256:{file_sha256(path)}"
+        except OSError as e:
+            raise InputFileError(f"cannot read the weights file {path}: {e.strerror or e}",
+                                 hint="check --pretrained and the file's permissions") from None
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained not in tags:
         raise ConfigError(f"{name!r} has no pretrained tag {pretrained!r}",
@@ -114,14 +120,19 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", device:
     if weights_id == "random-init":
         torch.manual_seed(seed)  # random init is reproducible per seed
         weights_id = f"random-init(seed={seed})"
-    compact = oc_pretrained is not None and _is_compact(oc_pretrained)
     try:
+        compact = oc_pretrained is not None and _is_compact(oc_pretrained)
         with _quiet_logging():  # open_clip/huggingface_hub log every retry; our error says it once
             model = open_clip.create_model(oc_name, pretrained=None if compact else oc_pretrained,
                                            precision=precision, device=device, force_image_size=image_size)
         if compact:
             _load_compact(model, oc_pretrained)
-    except RuntimeError as e:
+    except Exception as e:
+        source = _local_weights(oc_name, oc_pretrained)  # the user's file: a failure to read it is about the file
+        if source is not None and not isinstance(e, torch.cuda.OutOfMemoryError):
+            raise _weights_file_error(source, name, e) from None
+        if not isinstance(e, RuntimeError):
+            raise
         if "download" in str(e).lower() or "hub" in str(e).lower():
             raise LssError(
                 f"could not fetch the {name} / {pretrained} weights: {e}",
@@ -139,6 +150,43 @@ def load_clip(name: str = "ViT-B-16", pretrained: str | None = "openai", device:
         mean=tuple(pp["mean"]), std=tuple(pp["std"]), image_size=int(size),
         context_length=int(getattr(model, "context_length", 77)),
     )
+
+
+def _local_weights(oc_name: str, oc_pretrained: str | None) -> Path | None:
+    """The local weights file or local-dir: folder being loaded; None for a tag (a download).
+
+    Whatever reading such a file raises in the one code path real weights take is about the file:
+    torch.load's unpickler meets arbitrary bytes with UnpicklingError, EOFError, IndexError and
+    more; a broken zip or safetensors header, or a state dict of another model (RuntimeError from
+    load_state_dict), too."""
+    if oc_name.startswith(LOCAL_DIR):
+        return Path(oc_name[len(LOCAL_DIR):])
+    if oc_pretrained is not None and Path(oc_pretrained).is_file():
+        return Path(oc_pretrained)
+    return None
+
+
+def _weights_file_error(source: Path, name: str, e: BaseException) -> InputFileError:
+    reason = _short_reason(e)
+    if isinstance(e, RuntimeError) and "state_dict" in str(e):
+        return InputFileError(f"{source} does not hold {name} weights ({reason})",
+                              hint=f"pass weights of {name}, or the --model these weights are for")
+    return InputFileError(f"{source} is not a readable weights file ({type(e).__name__}: {reason})",
+                          hint=f"pass the open_clip weights of {name}: a .safetensors file, a state-dict .pt/.bin "
+                               "(torch.save(model.state_dict(), ...)) or a local-dir: folder; re-download a damaged file")
+
+
+def _short_reason(e: BaseException) -> str:
+    """One line on why a weights file failed to load. torch.load's refusal of a pickle is a page
+    about `weights_only`; its cause is the line after "WeightsUnpickler error:"."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError):
+        cause = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0] if "WeightsUnpickler error:" in text else ""
+        text = "not a torch state dict" + (f": {cause}" if cause else "")
+    elif isinstance(e, EOFError):
+        text = "the file ends early"
+    text = " ".join(text.split()) or type(e).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _is_compact(path: str) -> bool:
@@ -175,8 +223,8 @@ def expand_state(state: dict[str, torch.Tensor], vocab_size: int) -> dict[str, t
 
 
 def save_compact(model: torch.nn.Module, path: str | Path, metadata: dict[str, str]) -> None:
-    """Write a model whose unknown token rows are zero as a compact safetensors file."""
-    save_file(compact_state(model), str(path), metadata=metadata)
+    """Write a model whose unknown token rows are zero as a compact safetensors file (atomically)."""
+    save_safetensors(path, compact_state(model), metadata=metadata)
 
 
 def clip_loss() -> torch.nn.Module:
@@ -187,7 +235,7 @@ def clip_loss() -> torch.nn.Module:
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Write a CLIP state dict as safetensors (the format `load_clip(pretrained=path)` reads)."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(path))
+    save_safetensors(path, state)
 
 
 def check_model(name: str, pretrained: str | None) -> str:

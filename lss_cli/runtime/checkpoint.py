@@ -11,29 +11,49 @@ Layout of one checkpoint, `checkpoints/step_00001234/`:
 
 Atomicity: everything is written into a hidden temp directory, fsynced, then renamed into place,
 and only then does `last` move (itself written by temp file + rename). A crash at any moment
-leaves either the previous checkpoint or the new one, never a partial one under a real name.
+leaves either the previous checkpoint or the new one, never a partial one under a real name; a
+save that fails (a full disk) removes its temp directory and says the previous checkpoint is
+intact. Hidden temp files a killed writer left behind are removed by the next save.
+
 Loading never unpickles arbitrary objects: safetensors, JSON, and `torch.load(weights_only=True)`.
+A file that is missing, damaged or was tampered with is a `CheckpointError` naming it, and
+`load_newest_intact` (what `--resume` uses) falls back past such checkpoints to an older one.
 """
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import json
 import os
+import pickle
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from lss_cli.errors import LssError
-from lss_cli.runtime.rundir import write_text_atomic
+from lss_cli.runtime.outputs import fsync_dir, write_text_atomic
+from lss_cli.runtime.tensor_io import save_safetensors
 
 PREFIX = "step_"
+TEMP_PATTERNS = (".tmp-*", ".old-*", ".*.tmp*")  # a save's temp dir, a replaced step, a temp `last`
+T = TypeVar("T")
+
+
+class CheckpointError(LssError):
+    """A checkpoint file is missing, damaged or not plain data: `reason` says which file and why."""
+
+    def __init__(self, message: str, reason: str, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.reason = reason
 
 
 @dataclass
@@ -78,14 +98,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _save_torch(obj: Any, path: Path) -> None:
     with open(path, "wb") as f:
         torch.save(obj, f)
@@ -95,36 +107,104 @@ def _save_torch(obj: Any, path: Path) -> None:
 
 def save_checkpoint(ckpt_dir: str | Path, *, step: int, epoch: int, student, teacher, state: dict,
                     optimizer: torch.optim.Optimizer, meta: dict[str, Any], keep_last: int = 3) -> Path:
-    """Write checkpoint `step` atomically, move `last` to it, prune to `keep_last`. Rank 0 only."""
+    """Write checkpoint `step` atomically, move `last` to it, prune to `keep_last`. Rank 0 only.
+
+    A write that fails (no space left, a quota, a read-only disk) leaves no temp directory behind and
+    raises an LssError naming the previous checkpoint, which is untouched."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(ckpt_dir)
     name = f"{PREFIX}{step:08d}"
-    final = ckpt_dir / name
+    previous = latest_checkpoint(ckpt_dir)
     tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"
+    try:
+        _write_files(tmp, step=step, epoch=epoch, student=student, teacher=teacher, state=state,
+                     optimizer=optimizer, meta=meta)
+        final = _move_into_place(tmp, ckpt_dir / name)
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        raise LssError(f"could not save checkpoint {ckpt_dir / name}: {_why(e)}; its partial files were removed "
+                       f"and {kept}", hint=_save_hint(e)) from None
+    try:
+        write_text_atomic(ckpt_dir / "last", name + "\n")
+    except OSError as e:
+        raise LssError(f"checkpoint {final} was saved, but {ckpt_dir / 'last'} could not be moved to it: {_why(e)}",
+                       hint=_save_hint(e) + " (it resumes from the newest intact checkpoint, this one)") from None
+    _prune(ckpt_dir, keep_last, protect=name)
+    return final
+
+
+def _write_files(tmp: Path, *, step: int, epoch: int, student, teacher, state: dict,
+                 optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+    """Every file of a checkpoint into the (new) directory `tmp`, fsynced."""
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(_plain_state(student), str(tmp / "student.safetensors"))
-    save_file(_plain_state(teacher), str(tmp / "teacher.safetensors"))
-    save_file(_plain_state(state), str(tmp / "state.safetensors"))
+    # save_safetensors: with the umask's mode, like every other file (save_file alone makes 0600).
+    save_safetensors(tmp / "student.safetensors", _plain_state(student))
+    save_safetensors(tmp / "teacher.safetensors", _plain_state(teacher))
+    save_safetensors(tmp / "state.safetensors", _plain_state(state))
     _save_torch(optimizer.state_dict(), tmp / "optim.pt")
     _save_torch(rng_state(), tmp / "rng.pt")
     write_text_atomic(tmp / "meta.json", json.dumps({"step": step, "epoch": epoch, **meta}, indent=2, default=str))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    if final.exists():  # re-saving the same step (e.g. after a resume): replace the old copy
-        old = ckpt_dir / f".old-{name}-{os.getpid()}"
-        os.rename(final, old)
+    fsync_dir(tmp)
+
+
+def _move_into_place(tmp: Path, final: Path) -> Path:
+    """Rename the finished `tmp` to `final`; an existing `final` (re-saving the same step after a
+    resume) is replaced, and put back if the replacement fails."""
+    if not final.exists():
         os.rename(tmp, final)
-        shutil.rmtree(old)
     else:
-        os.rename(tmp, final)
-    _fsync_dir(ckpt_dir)
-    write_text_atomic(ckpt_dir / "last", name + "\n")
-    _prune(ckpt_dir, keep_last, protect=name)
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.rename(final, old)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            os.rename(old, final)
+            raise
+        shutil.rmtree(old)
+    fsync_dir(final.parent)
     return final
+
+
+def _why(e: Exception) -> str:
+    return os.strerror(e.errno) if isinstance(e, OSError) and e.errno else str(e)
+
+
+def _save_hint(e: Exception) -> str:
+    full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return ("free space on that disk" if full else "check that the run dir is writable") + ", then continue with --resume"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temps(ckpt_dir: Path) -> None:
+    """Remove hidden temp files and dirs (`.tmp-step_*-<pid>`, `.old-step_*-<pid>`, `.last.tmp-<pid>`)
+    that a killed or failed save left: those of this process (its saves run one at a time, so none
+    is in progress now) and of processes that no longer exist."""
+    for entry in ckpt_dir.iterdir():
+        if not any(fnmatch.fnmatch(entry.name, pattern) for pattern in TEMP_PATTERNS):
+            continue
+        pid = entry.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue  # a live writer's; a second writer of one run dir is not ours to clean up after
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _prune(ckpt_dir: Path, keep_last: int, protect: str) -> None:
@@ -132,8 +212,6 @@ def _prune(ckpt_dir: Path, keep_last: int, protect: str) -> None:
     for old in done[:-keep_last]:
         if old.name != protect:
             shutil.rmtree(old, ignore_errors=True)
-    for stale in ckpt_dir.glob(".tmp-*"):  # leftovers of a crash mid-save
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
@@ -145,29 +223,88 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return path if (path / "meta.json").is_file() else None
 
 
+def step_dirs(ckpt_dir: str | Path) -> list[Path]:
+    """The `step_*` directories of `ckpt_dir`, newest (highest step) first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.iterdir()
+             if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
+
+
+def load_newest_intact(ckpt_dir: str | Path, map_location: str | torch.device = "cpu"
+                       ) -> tuple[Checkpoint | None, list[tuple[str, str]]]:
+    """The newest checkpoint of `ckpt_dir` whose every file loads, and (name, reason) of each newer
+    one skipped: damaged or missing files, or a `last` pointer naming a checkpoint that is gone.
+    (None, skipped) when none is intact."""
+    ckpt_dir = Path(ckpt_dir)
+    skipped: list[tuple[str, str]] = []
+    pointer = ckpt_dir / "last"
+    named = pointer.read_text().strip() if pointer.is_file() else ""
+    if named and not (ckpt_dir / named).is_dir():
+        skipped.append((named, "named by checkpoints/last but missing"))
+    for path in step_dirs(ckpt_dir):
+        try:
+            return _load_dir(path, map_location), skipped
+        except CheckpointError as e:
+            skipped.append((path.name, e.reason))
+    return None, skipped
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint directory (or a run dir / its checkpoints dir, meaning the newest)."""
+    """Load a checkpoint directory (or a run dir / its checkpoints dir, meaning the one `last` names).
+    A damaged checkpoint raises CheckpointError naming the file."""
     path = Path(path)
     for candidate in (path / "checkpoints", path):
         if (candidate / "last").is_file():
             found = latest_checkpoint(candidate)
             if found is None:
-                raise LssError(f"{candidate}/last points to a missing checkpoint")
+                raise LssError(f"{candidate}/last points to a missing checkpoint",
+                               hint="pass one of its step_* dirs, or resume the run (--resume uses the newest intact one)")
             path = found
             break
     if not (path / "meta.json").is_file():
         raise LssError(f"{path} is not a checkpoint (no meta.json)",
                        hint="pass a run dir, its checkpoints/ dir, or a checkpoints/step_* dir")
+    return _load_dir(path, map_location)
+
+
+def _load_dir(path: Path, map_location: str | torch.device) -> Checkpoint:
+    dev = str(map_location)
+    meta = _read(path / "meta.json", lambda f: json.loads(f.read_text()))
     try:
-        meta = json.loads((path / "meta.json").read_text())
-        dev = str(map_location)
-        return Checkpoint(
-            path=path, step=int(meta["step"]), epoch=int(meta["epoch"]), meta=meta,
-            student=load_file(str(path / "student.safetensors"), device=dev),
-            teacher=load_file(str(path / "teacher.safetensors"), device=dev),
-            state=load_file(str(path / "state.safetensors"), device=dev),
-            optim=torch.load(path / "optim.pt", map_location=map_location, weights_only=True),
-            rng=torch.load(path / "rng.pt", map_location="cpu", weights_only=True),
-        )
-    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as e:
-        raise LssError(f"checkpoint {path} is unreadable: {e}", hint="resume from an earlier checkpoint") from None
+        step, epoch = int(meta["step"]), int(meta["epoch"])
+    except (KeyError, TypeError, ValueError):
+        raise _damaged(path / "meta.json", "no integer step and epoch") from None
+    return Checkpoint(
+        path=path, step=step, epoch=epoch, meta=meta,
+        student=_read(path / "student.safetensors", lambda f: load_file(str(f), device=dev)),
+        teacher=_read(path / "teacher.safetensors", lambda f: load_file(str(f), device=dev)),
+        state=_read(path / "state.safetensors", lambda f: load_file(str(f), device=dev)),
+        optim=_read(path / "optim.pt", lambda f: torch.load(f, map_location=map_location, weights_only=True)),
+        rng=_read(path / "rng.pt", lambda f: torch.load(f, map_location="cpu", weights_only=True)),
+    )
+
+
+def _read(file: Path, load: Callable[[Path], T]) -> T:
+    """`load(file)`, with every way a damaged or foreign file fails turned into a CheckpointError."""
+    if not file.is_file():
+        raise _damaged(file, "missing")
+    try:
+        return load(file)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, i.e. running the file's code: never.
+        raise _damaged(file, "not plain tensor data (damaged or tampered with; nothing in it was run)") from None
+    except EOFError:
+        raise _damaged(file, "empty or cut short") from None
+    except Exception as e:  # noqa: BLE001 - parsing foreign bytes fails in any way (IndexError, struct.error ...)
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise _damaged(file, f"cannot be parsed ({type(e).__name__}: {first})" if first else
+                       f"cannot be parsed ({type(e).__name__})") from None
+
+
+def _damaged(file: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint file {file} is unreadable: {why}", reason=f"{file.name}: {why}",
+                           hint="--resume falls back to the newest intact checkpoint; "
+                           "or pass an older checkpoints/step_* dir")

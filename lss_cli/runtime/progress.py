@@ -1,4 +1,11 @@
-"""Progress bars on stderr. Off when stderr is not a terminal, with --quiet, and on ranks != 0."""
+"""Progress bars and messages on stderr. Bars are off when stderr is not a terminal, with --quiet,
+and on ranks != 0.
+
+Text is never read as rich markup: paths, server messages and hints are the user's text, and a
+`[...]` in them (a file `clip [x].mp4`, a `pip install 'lss-cli[plots]'` hint) must print as
+written. The consoles here and in `lss_cli.cli.render` have markup off; style comes from `Text`
+spans, never from brackets inside a message.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +21,9 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
-stderr_console = Console(stderr=True)
+stderr_console = Console(stderr=True, markup=False, highlight=False)
 
 _quiet = False
 
@@ -34,7 +42,7 @@ def progress_enabled(rank: int | None = None) -> bool:
 def make_progress(rank: int | None = None, *extra_columns) -> Progress:
     """A rich Progress that renders nothing when disabled (so callers never branch on it)."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         *extra_columns,
@@ -46,11 +54,18 @@ def make_progress(rank: int | None = None, *extra_columns) -> Progress:
     )
 
 
-def log(message: str) -> None:
-    """An informational line on stderr (results go to stdout)."""
+def log(message: str, lead: str = "") -> None:
+    """An informational line on stderr (results go to stdout); `lead` is printed in bold before it."""
     if not _quiet:
-        stderr_console.print(message, highlight=False)
+        stderr_console.print(Text.assemble((lead, "bold"), message))
 
 
 def warn(message: str) -> None:
-    stderr_console.print(f"[yellow]Warning:[/yellow] {message}", highlight=False)
+    stderr_console.print(Text.assemble(("Warning: ", "yellow"), message))
+
+
+def error(message: str, hint: str | None = None) -> None:
+    """The CLI's error line (and hint), shown even with --quiet."""
+    stderr_console.print(Text.assemble(("Error: ", "bold red"), message), soft_wrap=True)
+    if hint:
+        stderr_console.print(Text.assemble(("Hint: ", "dim"), hint), soft_wrap=True)

@@ -4,6 +4,10 @@ For the built-in synthetic dataset the inputs are made when missing (the demo's 
 its concept bank from the shipped hand-written descriptions and the world's attribute sentences:
 `build_synthetic_concepts`, which `lss demo` uses too), so `lss train examples/synthetic_tiny.yaml`
 works from a fresh clone with no other step. Real datasets and banks are never made implicitly.
+
+When the loader gives up on unreadable videos mid-run, `explain_loader_failure` says whether any
+training video can be read at all (a wrong data.root, an unmounted disk) and drops the worker
+process's traceback from the message.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from pathlib import Path
 
 from lss_cli.concepts.build import build_concepts
 from lss_cli.config import ConceptsConfig, TrainConfig
+from lss_cli.data.datasets import VideoList
 from lss_cli.data.stills import attribute_prompts
 from lss_cli.data.synth import benchmark_spec, generate
-from lss_cli.errors import ConfigError
+from lss_cli.data.video_io import check_video
+from lss_cli.errors import ConfigError, LssError
 from lss_cli.runtime.metrics import tensorboard_writer_class
 from lss_cli.runtime.progress import log
 
@@ -63,3 +69,32 @@ def build_synthetic_concepts(root: str | Path, out: str | Path, model: str, pret
     return build_concepts(ConceptsConfig(labels=str(root / "classes.txt"), descriptions=str(described),
                                          allow_missing=not descriptions, extra_sentences=str(world), out=str(out),
                                          model=model, pretrained=pretrained, device="cpu"))
+
+
+def explain_loader_failure(videos: VideoList, error: LssError, timeout: float | None = 60.0) -> LssError:
+    """The error to report when the training loader gave up with `error`: "none of the N training
+    videos could be read" when no video of the list reads (checked in list order, stopping at the
+    first readable one), else `error` itself without a DataLoader worker's traceback."""
+    first_bad: tuple[str, str] | None = None
+    for index in range(len(videos)):
+        reason = check_video(videos.path(index), timeout)
+        if reason is None:
+            return _without_worker_traceback(error)
+        first_bad = first_bad or (videos.path(index), reason)
+    if first_bad is None:
+        return _without_worker_traceback(error)
+    path, reason = first_bad
+    return LssError(f"none of the {len(videos)} training videos could be read (first: {path}: {reason})",
+                    hint="run `lss data check` on the training list, and check data.root and data.list_file")
+
+
+def _without_worker_traceback(error: LssError) -> LssError:
+    """A DataLoader worker's exception reaches the main process re-created from its formatted
+    traceback ("Caught LssError in DataLoader worker process 0. Original Traceback ..."), with
+    the hint folded into the text: recover the message and hint from its last lines."""
+    marker = f"{type(error).__module__}.{type(error).__qualname__}: "
+    text = error.message
+    if error.hint is not None or marker not in text:
+        return error
+    message, _, hint = text[text.rindex(marker) + len(marker):].partition("\nHint: ")
+    return type(error)(message.strip(), hint=hint.strip() or None)

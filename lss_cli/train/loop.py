@@ -8,14 +8,18 @@ loss, optimizer and schedules come from `lss_cli.train.build`; one optimizer ste
 Determinism (what makes `--resume` exact): data order is a function of (seed, epoch); the
 frame sampling of a sample is a function of (seed, epoch, index); the device-side augmentation of
 step s uses a generator seeded with (seed, rank, s). So a run resumed from the checkpoint of step k
-replays steps k+1... exactly as the uninterrupted run did.
+replays steps k+1... exactly as the uninterrupted run did. Which checkpoint a resume uses, what a
+changed config does, and what `--overwrite` moves aside: `lss_cli.train.resume`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,15 +33,23 @@ from rich.progress import Progress, TaskID
 from lss_cli.config import TrainConfig, dump_yaml, to_dict
 from lss_cli.data.loader import TrainLoader, build_train_loader
 from lss_cli.errors import LssError
-from lss_cli.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from lss_cli.runtime.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
 from lss_cli.runtime.device import resolve_device
 from lss_cli.runtime.dist import DistInfo, all_reduce_mean_, barrier, cleanup, init_distributed
 from lss_cli.runtime.metrics import MetricsWriter, read_metrics
+from lss_cli.runtime.outputs import write_text_atomic
 from lss_cli.runtime.progress import log, make_progress
-from lss_cli.runtime.rundir import default_run_dir, prepare_run_dir, write_run_files, write_text_atomic
+from lss_cli.runtime.rundir import make_run_dir, write_run_files
 from lss_cli.runtime.seeding import seed_everything
 from lss_cli.train.build import Components, build_components, load_clip_and_bank
-from lss_cli.train.inputs import check_inputs, ensure_synthetic_inputs
+from lss_cli.train.inputs import check_inputs, ensure_synthetic_inputs, explain_loader_failure
+from lss_cli.train.resume import (
+    apply_checkpoint,
+    check_config,
+    choose_checkpoint,
+    keep_previous_config,
+    set_aside_previous_run,
+)
 from lss_cli.train.step import train_step
 
 
@@ -56,6 +68,8 @@ class Trainer(Components):
     step: int = 0  # optimizer steps completed
     metrics: MetricsWriter | None = None
     stop_requested: bool = False  # set by a stop signal; honoured between steps
+    resume_from: Checkpoint | None = None  # chosen (and checked) by setup, applied by _resume
+    config_changed: bool = False  # a resume whose config change run.allow_config_change accepted
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,6 +113,8 @@ def _batches(t: Trainer) -> Iterator[dict[str, Any]]:
             yield next(it)
         except StopIteration:
             return
+        except LssError as e:  # the loader gave up on unreadable videos (maybe inside a worker)
+            raise explain_loader_failure(t.loader.dataset.videos, e, t.cfg.data.decode_timeout) from None
         except RuntimeError:
             if t.stop_requested:
                 return
@@ -166,10 +182,10 @@ def run_epochs(t: Trainer) -> None:
 
 
 def _run_dir(cfg: TrainConfig, dist: DistInfo) -> Path:
-    path = Path(cfg.run.output_dir) if cfg.run.output_dir else default_run_dir("train", cfg.run.name)
-    if dist.is_main:
-        prepare_run_dir(path, resume=cfg.run.resume, overwrite=cfg.run.overwrite)
-    return path
+    # Rank 0 creates it (a default one unique even when another run starts in the same second) and
+    # the other ranks receive its path, so all ranks write into one folder.
+    return make_run_dir("train", cfg.run.output_dir, name=cfg.run.name, resume=cfg.run.resume,
+                        overwrite=cfg.run.overwrite)
 
 
 def _batch_plan(cfg: TrainConfig, dist: DistInfo, batches_per_epoch: int) -> tuple[int, int]:
@@ -187,13 +203,20 @@ def _batch_plan(cfg: TrainConfig, dist: DistInfo, batches_per_epoch: int) -> tup
 
 
 def setup(cfg: TrainConfig) -> Trainer:
-    """Device, process group, seeds, run dir, inputs and loader; then the components (build.py)."""
+    """Device, process group, seeds, run dir (and the checkpoint a resume starts from, checked
+    against the config before anything is made), inputs and loader; then the components (build.py)."""
     device = resolve_device(cfg.run.device)
     dist = init_distributed(device.type)
     if dist.distributed and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     seed_everything(cfg.run.seed, dist.rank)
     run_dir = _run_dir(cfg, dist)
+    resume_from, config_changed = None, False
+    if cfg.run.resume:
+        resume_from = choose_checkpoint(run_dir, announce=dist.is_main)
+        config_changed = check_config(cfg, resume_from, run_dir, announce=dist.is_main)
+    elif cfg.run.overwrite and dist.is_main:  # (with --resume, --overwrite only lets it into the run dir)
+        set_aside_previous_run(run_dir)
     if dist.is_main:
         ensure_synthetic_inputs(cfg)
         check_inputs(cfg)
@@ -202,28 +225,24 @@ def setup(cfg: TrainConfig) -> Trainer:
     loader = build_train_loader(cfg.data, cfg.views, seed=cfg.run.seed, rank=dist.rank, world_size=dist.world_size)
     accum, iters_per_epoch = _batch_plan(cfg, dist, len(loader))
     components = build_components(cfg, clip, bank, device, iters_per_epoch=iters_per_epoch, accum=accum, dist=dist)
-    t = Trainer(**vars(components), run_dir=run_dir, loader=loader, iters_per_epoch=iters_per_epoch, accum=accum)
+    t = Trainer(**vars(components), run_dir=run_dir, loader=loader, iters_per_epoch=iters_per_epoch, accum=accum,
+                resume_from=resume_from, config_changed=config_changed)
     t.header["run dir"] = str(run_dir)
     return t
 
 
 def _resume(t: Trainer) -> None:
-    ckpt_path = latest_checkpoint(t.run_dir / "checkpoints")
-    if ckpt_path is None:
-        raise LssError(f"--resume: no checkpoint in {t.run_dir / 'checkpoints'}", hint="start without --resume")
-    ck = load_checkpoint(ckpt_path, map_location=t.device)
-    t.student_raw.load_state_dict(ck.student)
-    t.teacher.load_state_dict(ck.teacher)
-    t.loss_fn.load_state_dict(ck.state, strict=False)
-    t.optimizer.load_state_dict(ck.optim)
-    set_rng_state(ck.rng)
+    ck, t.resume_from = t.resume_from, None  # applied once; its CPU copy is freed with it
+    apply_checkpoint(t, ck)
     t.step = ck.step
+    if t.config_changed and t.dist.is_main:
+        keep_previous_config(t.run_dir, t.step)
     # Metrics logged after that checkpoint belong to steps that will be redone: drop them.
     path = t.run_dir / "metrics.jsonl"
     if t.dist.is_main and path.is_file():
         kept = [r for r in read_metrics(path) if r.get("step", 0) <= t.step]
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
-    log(f"resumed from {ckpt_path} (step {t.step})")
+    log(f"resumed from {ck.path} (step {t.step})")
 
 
 # Ctrl-C, a scheduler's stop (SLURM, Kubernetes, torchrun shutting down) and SLURM's warning before
@@ -246,31 +265,53 @@ def _stop_on_signals(t: Trainer) -> Iterator[None]:
                 for name in STOP_SIGNALS if hasattr(signal, name)}
     try:
         yield
+    except KeyboardInterrupt:  # raised by the loop once the checkpoint of a requested stop is saved
+        if received:
+            _say_stopped(f"{received[0]}: stopped at step {t.step}, checkpoint saved; continue with --resume")
+        raise
     finally:
         for name, handler in previous.items():
             signal.signal(getattr(signal, name), handler)
-        if received:
-            log(f"{received[0]}: stopped at step {t.step}, checkpoint saved; continue with --resume")
+
+
+def _as_recorded(cfg: TrainConfig) -> TrainConfig:
+    """The config.yaml of a run, without the one-time permissions of the command that started it:
+    passing the file back (`lss train RUN/config.yaml --resume`) must not accept a config change
+    or set the run aside unasked."""
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=False, allow_config_change=False))
+
+
+def _say_stopped(message: str) -> None:
+    """What became of a stopped run, on stderr, on rank 0 only, and also with --quiet: it is the
+    only line telling whether the run can be continued."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr, flush=True)
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) LSS training. Returns a summary for the CLI to render."""
-    t = setup(cfg)
+    t: Trainer | None = None
     try:
+        t = setup(cfg)
         if cfg.run.resume:
             _resume(t)
         if t.dist.is_main:
-            write_run_files(t.run_dir, dump_yaml(cfg), device=str(t.device))
+            write_run_files(t.run_dir, dump_yaml(_as_recorded(cfg)), device=str(t.device))
             t.metrics = MetricsWriter(t.run_dir / "metrics.jsonl", tensorboard=cfg.log.tensorboard)
             for k, v in t.header.items():
-                log(f"[bold]{k:>8}[/bold]  {v}")
+                log(str(v), lead=f"{k:>8}  ")
         with _stop_on_signals(t):
             run_epochs(t)
         return {"is_main": t.dist.is_main, "run_dir": str(t.run_dir), "steps": t.step,
                 "skipped_videos": t.loader.skipped_total,
                 "checkpoint": str(latest_checkpoint(t.run_dir / "checkpoints"))}
+    except KeyboardInterrupt:
+        if t is None or not t.stop_requested:  # Ctrl-C before the loop took over the stop signals
+            kept = "the run's checkpoints are unchanged; continue with --resume" if cfg.run.resume else "nothing was saved"
+            _say_stopped(f"SIGINT: stopped before training started; {kept}")
+        raise
     finally:
-        if t.metrics is not None:
+        if t is not None and t.metrics is not None:
             t.metrics.close()
         cleanup()
 

@@ -34,8 +34,8 @@ from lss_cli.data.augment import normalize
 from lss_cli.data.stills import attribute_prompts, attribute_values, draw_stills, world_vocabulary
 from lss_cli.errors import ConfigError
 from lss_cli.models.clip import Clip, clip_loss, load_clip, save_compact
+from lss_cli.runtime.outputs import check_output, write_output, write_text_atomic
 from lss_cli.runtime.progress import log as progress_log
-from lss_cli.runtime.rundir import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -157,13 +157,14 @@ def attribute_accuracy(clip: Clip, n: int, seed: int) -> dict[str, dict[str, flo
 def pretrain_to_file(s: PretrainSettings, out: str | Path, argv: list[str] | None = None) -> dict[str, Any]:
     """`lss pretrain-tiny`: pretrain, write the compact weights file (its report and the command
     line in the file's metadata) and `<out>.json` beside it; returns the report."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_output(out, "pretrained weights")  # an unwritable --out fails before minutes of training
     clip, report = pretrain(s)
     report["command"] = " ".join(argv if argv is not None else ["lss", *sys.argv[1:]])
     report["weights"] = str(out)
-    tmp = out.with_name(out.name + ".tmp")
-    save_compact(clip.model, tmp, {"lss_pretrain": json.dumps(report)})
-    tmp.replace(out)  # a killed run never leaves a truncated weights file under the final name
-    write_text_atomic(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    # Atomic, so a killed run never leaves a truncated weights file under the final name; an
+    # unwritable --out by now (disk full) saves the weights in a temp folder and says where.
+    write_output(out, lambda p: save_compact(clip.model, p, {"lss_pretrain": json.dumps(report)}),
+                 what="pretrained weights")
+    write_output(out.with_suffix(".json"), lambda p: write_text_atomic(p, json.dumps(report, indent=2) + "\n"),
+                 what="pretraining report")
     return report
