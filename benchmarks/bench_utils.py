@@ -1,7 +1,8 @@
 """Shared pieces of the GPU-performance benchmarks (train_step.py, eval_forward.py).
 
 - `matmul_ceiling`: the measured matmul rate of this device (bf16 on CUDA, fp32 on CPU), the
-  denominator of every MFU printed here (SPEC §5: MFU = counted FLOPs / time / measured ceiling).
+  denominator of every MFU printed here (benchmarks/RESULTS.md §2: MFU = counted FLOPs / time /
+  measured ceiling).
 - `count_flops`: FLOPs of a callable counted by `torch.utils.flop_counter.FlopCounterMode` on
   meta tensors (shapes only, so ViT-B-16 counts in a second on a CPU). Attention is counted with
   the fused-kernel convention torch uses on CUDA (backward = 5 matmuls, i.e. it recomputes the

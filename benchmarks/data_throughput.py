@@ -10,9 +10,9 @@ Generates clips (cached in --out):
 
 Measures, with DataLoader workers = 1, 2 and all cores:
 - train: decoded + cropped/resized self-distillation samples/s (2 global x 8 frames at 224 + 8 local
-  x 8 frames at 96, SPEC §3.3 defaults): `lss_cli.data.loader.TrainClips` (union of all views'
-  indices in one `get_frames_at`, default `data.seek_mode`) vs naive (decode the whole video,
-  then index);
+  x 8 frames at 96, the `views` defaults, docs/method.md §2): `lss_cli.data.loader.TrainClips`
+  (union of all views' indices in one `get_frames_at`, default `data.seek_mode`) vs naive (decode
+  the whole video, then index);
 - eval: clips/s of 8-frame single views (segment centres, short side 224 bicubic, centre crop;
   4 clips x 3 crops for the short kind): `EvalClips` (exact seek) vs naive (decode everything,
   copy out every view's frames, resize each);

@@ -12,7 +12,7 @@
 #   train_b64  B=64 with activation checkpointing: fits in 80 GB? per-clip memory, speed
 #   eval       feature-extraction forward, ViT-B-16 8x224 bf16, B=64, eager vs compile (MFU >= 50%)
 #   syncs      host syncs per step of the production step incl. GPU augmentation (sync debug mode)
-#   extras     B=32 checkpointing cost (compile-ac vs compile) and the compiled baseline (SPEC: 101 clips/s)
+#   extras     B=32 checkpointing cost (compile-ac vs compile) and the compiled baseline (reference figure: 101 clips/s)
 # Results: $OUT/*.json, $OUT/gpu_check.log and $OUT/table.md (printed last); copy the table into
 # benchmarks/RESULTS.md with the card and the date.
 # Dry run of the script logic on a CPU (seconds per phase, numbers meaningless):

@@ -8,6 +8,7 @@ baseline and trained mean +- std over seeds and the gain. The gain counts as rea
     python benchmarks/learning.py                       # the recipe, seeds 0 1 2
     python benchmarks/learning.py --ablations           # + the README's ablation table
     python benchmarks/learning.py --variants recipe flip-on --seeds 0 1 2 3 4
+    python benchmarks/learning.py --variants prior-view prior-step   # loss.prior_scope's two values
 
 Results go to runs/bench/learning/<variant>/seed<S>/ (every stage's output) and to
 runs/bench/learning/results.json; the markdown table is printed on stdout.
@@ -39,6 +40,10 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "clip-temps": ({"overrides": ("loss.student_temp=0.015", "loss.teacher_temp=0.006", "loss.warmup_teacher_temp=0.006")},
                    "temperatures at the tiny CLIP's own scale (1 / logit_scale = 0.015; teacher 0.4x)"),
     "long": ({"overrides": ("optim.epochs=100",)}, "5x longer training (100 epochs, 900 steps)"),
+    "prior-view": ({"overrides": ("loss.prior_scope=view",)},
+                   "uniform prior per student view and micro-batch (KL of each view's batch mean)"),
+    "prior-step": ({"overrides": ("loss.prior_scope=step",)},
+                   "uniform prior pooled over the optimizer step (all views, micro-batches, ranks)"),
 }
 ABLATIONS = ("recipe", "temporal-mean", "no-ca", "no-descriptions", "no-local", "flip-on")
 

@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the frame-wise open_clip baseline step")
     p.add_argument("--baseline-compile", action="store_true",
-                   help="also time the baseline with torch.compile (SPEC §5 measured 101 clips/s on an H200)")
+                   help="also time the baseline with torch.compile (reference: 101 clips/s on an H200)")
     p.add_argument("--augment", action="store_true",
                    help="feed uint8 views through the production GPU-side augmentation (part of the step)")
     p.add_argument("--profile", action="store_true", help="torch.profiler table of 2 steps of the first variant")

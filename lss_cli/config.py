@@ -5,8 +5,9 @@ Everything is checked here, before any heavy import: unknown keys (with close-ma
 wrong types, and cross-field rules (`validate()` methods). The resolved config is dumped to YAML
 next to every run's outputs.
 
-Defaults follow SPEC §3. Where the LSS paper is silent and a value is our reconstruction, the
-comment says so.
+The training defaults and the method they configure are written up in docs/method.md; where the
+LSS paper is silent and a value is our reconstruction, the comment says so (docs/method.md §7
+lists every such choice and why).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from lss_cli.errors import ConfigError, InputFileError
+from lss_cli.resources import example_path, shipped_configs
 from lss_cli.textfiles import read_text
 
 T = TypeVar("T")
@@ -169,7 +171,7 @@ class ConceptsConfig:
 
 @dataclass
 class ModelConfig:
-    """The video encoder: an open_clip image tower given temporal modelling (SPEC §3.1)."""
+    """The video encoder: an open_clip image tower given temporal modelling (docs/method.md §1)."""
 
     name: str = "ViT-B-16"  # open_clip model name; "lss-tiny" is shipped for CPU smoke runs
     pretrained: str | None = "openai"  # open_clip tag, local weights file, local-dir:PATH, or null
@@ -207,7 +209,7 @@ class DataConfig:
 
 @dataclass
 class ViewsConfig:
-    """Multi-view sampling for self-distillation (SPEC §3.3)."""
+    """Multi-view sampling for self-distillation (docs/method.md §2)."""
 
     global_views: int = 2  # V_g: seen by teacher and student
     global_frames: int = 8  # T_g frames per global view
@@ -250,7 +252,7 @@ class ViewsConfig:
 
 @dataclass
 class LossConfig:
-    """Concept distillation, concept alignment and the uniform prior (SPEC §3.4).
+    """Concept distillation, concept alignment and the uniform prior (docs/method.md §4).
 
     Temperatures act on cosine scores in [-1, 1]. CLIP's own zero-shot logits are 100 x cosine,
     i.e. a temperature of 0.01; a softer student (0.01) and a sharper teacher (0.004, DINO's 0.1/0.04
@@ -270,6 +272,7 @@ class LossConfig:
     w_u: float = 0.1  # weight of the uniform prior KL(mean p_s,cat || uniform) (reconstruction)
     ca_aggregation: Literal["sum", "mean"] = "sum"  # how description probabilities map to categories
     ca_direction: Literal["both", "desc_to_cat", "cat_to_desc"] = "both"  # which CA terms are used
+    prior_scope: Literal["view", "step"] = "step"  # uniform prior pooled over the optimizer step (all views, micro-batches, ranks: batch-independent), or per student view and micro-batch
 
     def validate(self) -> None:
         for key in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
@@ -363,7 +366,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """`lss eval zero-shot` / `lss eval linear-probe`: protocol and views (SPEC §3.5)."""
+    """`lss eval zero-shot` / `lss eval linear-probe`: protocol and views (docs/method.md §6)."""
 
     dataset: str = "ucf101"  # ucf101 | hmdb51 | kinetics600-zs | list | folder | synthetic
     root: str = "data/ucf101"  # dataset root
@@ -379,7 +382,10 @@ class EvalConfig:
     num_frames: int = 8  # frames per view (centres of equal segments)
     num_clips: int = 1  # temporal views
     num_crops: int = 1  # spatial views: 1 (centre) or 3 (left/centre/right)
-    features: Literal["pre-proj", "proj"] = "proj"  # linear probe: features before or after the projection
+    features: Literal["pre-proj", "proj"] = "pre-proj"  # linear probe: features before the projection (CLIP's probes) or after it
+    probe_standardize: bool = False  # linear probe: z-score features with the train set's mean/std (CLIP does not)
+    probe_val_split: Literal["grouped", "stratified"] = "grouped"  # linear probe: validation keeps source groups together (UCF101 gNN, HMDB51 source video) or holds out single videos per class
+    probe_l2_range: tuple[float, float] = (1e-6, 1e6)  # linear probe: range of the L2 strength λ = 1/C searched (CLIP's)
     batch_size: int = 16  # clips per forward (the last batch is padded to it: one compiled shape)
     num_workers: int = 4  # decoding workers
     compile: bool | None = None  # torch.compile the encoder forward; None = on for CUDA, off on CPU
@@ -400,6 +406,8 @@ class EvalConfig:
         _at_most(self.num_workers, MAX_WORKERS, "num_workers", "workers")
         _check(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]")
         _check(all(k >= 1 for k in self.splits), "splits", "split numbers start at 1")
+        lo, hi = self.probe_l2_range
+        _check(0 < lo <= hi, "probe_l2_range", "must be two strengths 0 < low <= high", hint="e.g. [1e-6, 1e6]")
         check_device(self.device)
 
 
@@ -436,10 +444,22 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return cfg
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def config_path(path: str | Path) -> Path:
+    """A config file, or the name of one shipped in examples/ (`synthetic_tiny`, `lss_k400_vitb16`):
+    a file of that name in the current directory wins."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"config file not found: {path}", hint="check the path (it is relative to the current directory)")
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".yaml")
+    if path.parent == Path(".") and name in shipped_configs():
+        return example_path(name)
+    raise InputFileError(f"config file not found: {path}",
+                         hint="check the path (it is relative to the current directory), or name a shipped "
+                              f"config: {', '.join(shipped_configs())}")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = config_path(path)
     try:
         data = yaml.safe_load(read_text(path, "config file"))
     except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer too long to convert

@@ -17,7 +17,7 @@ Stages, each writing into the demo's run dir:
    world's attribute sentences ("a shape on the left", "a large shape", ...: concept-space
    expansion), encoded by the tiny model's text tower (what `lss build-concepts` does).
 3. `eval/baseline-zero-shot/`, `eval/baseline-linear-probe/`: the untrained model. At step 0 the
-   video model is exactly its image tower applied per frame and averaged (SPEC §3.1), so this is
+   video model is exactly its image tower applied per frame and averaged (docs/method.md §1), so this is
    the plain-CLIP baseline, measured under the same protocol as the trained model.
 4. `train/`: LSS self-distillation with the settings of `examples/synthetic_tiny.yaml`.
 5. `model.safetensors`: the exported teacher (what `lss export` writes).

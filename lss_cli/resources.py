@@ -58,9 +58,18 @@ def load_prompt_yaml(name_or_path: str | Path, *, what: str = "prompt file", key
     return data, path, raw
 
 
+def examples_dir() -> Path:
+    return Path(str(resources.files("lss_cli").joinpath("examples")))
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped in examples/ (`lss train synthetic_tiny` runs one by name)."""
+    return sorted(p.stem for p in examples_dir().glob("*.yaml"))
+
+
 def example_path(name: str) -> Path:
     """A config shipped in examples/ (linked into the package, so installed copies have it too)."""
-    path = Path(str(resources.files("lss_cli").joinpath("examples"))) / f"{name}.yaml"
+    path = examples_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"example config {name!r} not found in {path.parent}")
     return path

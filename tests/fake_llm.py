@@ -4,6 +4,10 @@ Each request is matched to its action class by the first double-quoted text in i
 message (the shipped prompt writes `Action category: "{category}"`). A script maps a class to
 the actions its successive requests get; when a class's list runs out, `default` is used.
 Everything the server saw is kept in `requests`, so tests can count calls exactly.
+
+`refuse` makes the server answer like OpenAI does for its reasoning models: HTTP 400 for any
+request sending `max_tokens` ("max_tokens") or a `temperature` other than 1 ("temperature"), with
+OpenAI's error bodies. Such a refusal uses up no scripted action.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class Status:
     retry_after: str | None = None
     message: str = "scripted error"
     error_code: str | None = None
+    param: str | None = None  # the request parameter the error is about (OpenAI's `param`)
 
 
 @dataclass
@@ -70,6 +75,16 @@ class Hold:
 
 Action = Ok | Text | Raw | Status | Stall | Drop | Hold
 
+# OpenAI's answers (2025) to a reasoning model sent max_tokens / a temperature other than 1.
+REFUSALS = {
+    "max_tokens": Status(400, message="Unsupported parameter: 'max_tokens' is not supported with this model. "
+                         "Use 'max_completion_tokens' instead.", error_code="unsupported_parameter",
+                         param="max_tokens"),
+    "temperature": Status(400, message="Unsupported value: 'temperature' does not support {value} with this "
+                          "model. Only the default (1) value is supported.", error_code="unsupported_value",
+                          param="temperature"),
+}
+
 
 @dataclass
 class Seen:
@@ -92,6 +107,7 @@ class FakeLLM:
     prompt_tokens: int = 20  # usage reported per reply
     completion_tokens: int = 10
     describe: Callable[[str, int], str] = default_description
+    refuse: tuple[str, ...] = ()  # keys of REFUSALS: parameters answered with HTTP 400, like OpenAI's reasoning models
 
     def __post_init__(self) -> None:
         self.requests: list[Seen] = []
@@ -134,8 +150,21 @@ class FakeLLM:
     def _next_action(self, seen: Seen) -> Action:
         with self._lock:
             self.requests.append(seen)
+            refusal = self._refusal(seen.body)
+            if refusal is not None:  # checked before the script, as a real server validates first
+                return refusal
             queue = self._script.get(seen.category or "")
             return queue.pop(0) if queue else self.default
+
+    def _refusal(self, body: dict) -> Status | None:
+        """The 400 for the first refused parameter this request sends (max_tokens first, as OpenAI)."""
+        if "max_tokens" in self.refuse and "max_tokens" in body:
+            return REFUSALS["max_tokens"]
+        if "temperature" in self.refuse and body.get("temperature", 1) != 1:
+            r = REFUSALS["temperature"]
+            return Status(r.code, message=r.message.format(value=body["temperature"]), error_code=r.error_code,
+                          param=r.param)
+        return None
 
     def _completion(self, body: dict, content: str, finish_reason: str = "stop") -> dict:
         return {
@@ -185,7 +214,8 @@ def _handler_for(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 fake._release.wait()
             if isinstance(action, Status):
                 headers = {"Retry-After": action.retry_after} if action.retry_after is not None else {}
-                err = {"message": action.message, "type": "error", "code": action.error_code}
+                kind = "invalid_request_error" if action.code == 400 else "error"
+                err = {"message": action.message, "type": kind, "param": action.param, "code": action.error_code}
                 return self._send(action.code, {"error": err}, headers)
             if isinstance(action, Text):
                 return self._send(200, fake._completion(body, action.content, action.finish_reason))

@@ -1,8 +1,8 @@
-"""The performance benchmarks run (tiny, on the CPU) and count FLOPs the way SPEC §5 does.
+"""The performance benchmarks run (tiny, on the CPU) and count FLOPs as benchmarks/RESULTS.md §2 says.
 
 No timing is asserted: speed is what the scripts print. What is asserted: they finish, the
 optimised step passes its correctness check against the eager reference, and the FLOP counts
-match the SPEC's reference figures for ViT-B/16.
+match the reference figures for ViT-B/16 (benchmarks/RESULTS.md §3).
 """
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ def test_attention_is_counted_like_the_fused_kernels(bench_utils):
 
 
 def test_vit_b16_frame_flops_match_spec(bench_utils):
-    """SPEC §5: ViT-B/16 at 224 is 35.1 GFLOP forward and 105.9 GFLOP forward+backward per frame;
-    with 96 px local views the frame-wise multi-view step is 3.48 TFLOP per clip.
+    """The reference count (benchmarks/RESULTS.md §3): ViT-B/16 at 224 is 35.1 GFLOP forward and
+    105.9 GFLOP forward+backward per frame; with 96 px local views the frame-wise multi-view step is
+    3.48 TFLOP per clip.
 
     Counted through our encoder in `mean` mode on one frame, which is open_clip's tower per frame
     (the 96 px position embedding is resampled, which is not a FLOP-counted op)."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import ROOT, run_lss
 
 
@@ -155,3 +156,13 @@ def test_help_shows_placeholders_in_angle_brackets():
     assert "runs/<command>/<timestamp>" in r.stdout
     r = run_lss("describe", "--help", env={"COLUMNS": "200"})
     assert "<out>.bak" in r.stdout
+
+
+@pytest.mark.parametrize("command", [["train"], ["data", "synth"], ["data", "prepare"], ["build-concepts"],
+                                     ["predict"], ["demo"], ["export"]])
+def test_boolean_flags_show_no_value(command):
+    # Typer printed `--json <bool>` although a flag takes no value. (Its own --help line still
+    # does: that option is Typer's.)
+    r = run_lss(*command, "--help", env={"COLUMNS": "200"})
+    assert r.returncode == 0
+    assert [line for line in r.stdout.splitlines() if "<bool>" in line and "--help" not in line] == []

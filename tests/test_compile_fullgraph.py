@@ -89,6 +89,32 @@ def test_loss_is_one_graph_and_tensor_temperatures_do_not_recompile():
     assert counter.frame_count == 1
 
 
+def test_step_scope_loss_with_step_stats_is_one_graph():
+    """prior_scope=step as the training step calls it: the step's statistics come in (`StepStats`),
+    the centre is left alone; one graph across temperatures and steps."""
+    bank, student_z, teacher_z = _loss_inputs()
+    eager = LSSLoss(bank["category"], bank["description"], bank["description_owner"], prior_scope="step")
+    model = copy.deepcopy(eager)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = _compile(model, counter)
+    for temp in (0.004, 0.005):
+        stats = eager.step_stats(eager.step_sums(teacher_z, student_z, 0.01) * 2, micro_batches=2)  # as if 2 alike
+        s_eager = student_z.clone().requires_grad_(True)
+        s_comp = student_z.clone().requires_grad_(True)
+        loss, parts = eager(s_eager, teacher_z, 0.01, temp, update_center=False, step=stats)
+        loss_c, parts_c = compiled(s_comp, teacher_z, torch.tensor(0.01), torch.tensor(temp), update_center=False,
+                                   step=stats)
+        loss.backward()
+        loss_c.backward()
+        torch.testing.assert_close(loss_c, loss, rtol=1e-5, atol=1e-6)
+        for k in parts:
+            torch.testing.assert_close(parts_c[k], parts[k], rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(s_comp.grad, s_eager.grad, rtol=1e-5, atol=1e-7)
+        eager.update_center(stats.teacher_mean)
+        model.update_center(stats.teacher_mean)
+    assert counter.frame_count == 1
+
+
 def test_python_float_temperatures_recompile():
     """Why the step should pass temperatures as tensors: each new float is a new graph."""
     bank, student_z, teacher_z = _loss_inputs()

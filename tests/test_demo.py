@@ -61,7 +61,9 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert results["trained zero-shot"]["checkpoint"] == summary["paths"]["exported model"]
     assert results["baseline zero-shot"]["checkpoint"] == "baseline"
     assert summary["training"]["steps"] >= 1 and summary["dataset"]["test"] == 6
-    # One feature cache for all stages: the probe's test videos were encoded by the zero-shot stage.
-    assert results["baseline linear-probe"]["splits"][0]["videos_decoded"] == 0
-    assert results["trained linear-probe"]["splits"][0]["videos_decoded"] == 0
+    # The probe follows CLIP's protocol (pre-projection features, so it encodes its own videos);
+    # zero-shot uses the joint embedding.
+    for tag in ("baseline", "trained"):
+        assert results[f"{tag} linear-probe"]["splits"][0]["features"] == "pre-proj"
+        assert results[f"{tag} linear-probe"]["splits"][0]["videos_decoded"] == 6
     assert (out / "train" / "config.yaml").is_file() and (out / "concepts.safetensors").is_file()

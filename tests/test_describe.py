@@ -239,6 +239,7 @@ def test_every_fault_is_retried_or_reasked_with_exact_call_counts(tmp_path):
     assert rec.usage == {"prompt_tokens": 40, "completion_tokens": 20, "requests": 2}
     assert rec.prompt_file == "prompts/describe_actions_v1.yaml" and len(rec.prompt_sha256) == 64
     assert (rec.model, rec.temperature) == ("gpt-4o-mini", 0.7)
+    assert rec.request == {"max_tokens": 1024, "temperature": 0.7}  # what was sent
     assert_key_nowhere(tmp_path)
 
 
@@ -406,7 +407,8 @@ def test_dry_run_shows_prompt_calls_and_done_classes_without_network(tmp_path):
     assert "2 to ask for, 1 already done" in r.stdout and "juggling balls" in r.stdout
     plan = json.loads(rj.stdout)
     assert (plan["calls"], plan["already_done"]) == (2, ["juggling balls"])
-    assert plan["calls_at_most"] == 2 * (1 + 1) * (3 + 1)  # classes x (1 + re-asks) x (1 + retries)
+    # classes x (1 + re-asks) x (1 + retries), + one per parameter a server may refuse (max_tokens, temperature)
+    assert plan["calls_at_most"] == 2 * (1 + 1) * (3 + 1) + 2
     assert_key_nowhere(tmp_path, r.stdout, r.stderr, rj.stdout, rj.stderr)
 
 

@@ -22,7 +22,7 @@ def test_later_record_wins_and_bad_records_are_named(tmp_path):
     append_record(path, DescriptionRecord("waving", ["new"], "m"))
     assert read_records(path)[0][0].descriptions == ["new"]
     path.write_text('{"category": "x"}\n')
-    with pytest.raises(InputFileError, match=r"d.jsonl:1: record lacks descriptions, model"):
+    with pytest.raises(InputFileError, match=r"d.jsonl:1: record lacks descriptions(?!,)"):
         read_records(path)
 
 
@@ -59,3 +59,26 @@ def test_append_after_a_torn_line_and_repair_tail(tmp_path):
         f.write('{"category": "sitting", "descriptions": ["knees bend"], "model": "m"}')
     assert repair_tail(path) is None
     assert "sitting" in {r.category for r in read_records(path)[0]} and path.read_text().endswith("\n")
+
+
+def test_a_record_needs_only_category_and_descriptions(tmp_path):
+    """A file written by hand or by another tool: provenance unknown, extra keys ignored; a file
+    `lss describe` wrote before `request` existed still reads, with `request` unknown."""
+    from lss_cli.describe.records import UNKNOWN
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"category": "waving", "descriptions": ["a hand moves"]}\n'
+                    '{"category": "jumping", "descriptions": ["feet leave the ground"], "source": "my notes", "model": null}\n'
+                    '{"category": "running", "descriptions": ["legs move fast"], "model": "gpt-4o-mini", '
+                    '"prompt_file": "prompts/describe_actions_v1.yaml", "prompt_sha256": "' + "0" * 64 + '", '
+                    '"temperature": 0.7, "created": "2025-01-01T00:00:00+00:00", "usage": null}\n')
+    records = {r.category: r for r in read_records(path)[0]}
+    for hand in (records["waving"], records["jumping"]):
+        assert (hand.model, hand.prompt_file, hand.prompt_sha256, hand.temperature, hand.created, hand.request) == (
+            UNKNOWN, None, None, None, None, None)
+        assert not hand.has_provenance
+    old = records["running"]
+    assert old.has_provenance and (old.model, old.created, old.request) == ("gpt-4o-mini", "2025-01-01T00:00:00+00:00", None)
+    path.write_text('{"category": 3, "descriptions": ["x"]}\n')
+    with pytest.raises(InputFileError, match="'category' must be a string"):
+        read_records(path)

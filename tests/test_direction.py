@@ -135,7 +135,8 @@ def test_frame_average_baseline_is_at_chance_on_direction(tmp_path):
               "none", "--device", "cpu", "--num-frames", "8", f"cache_dir={tmp_path / 'cache'}", "num_workers=0"]
     results = {}
     for protocol in ("zero-shot", "linear-probe"):
-        r = run_lss("eval", protocol, *common, "--output-dir", tmp_path / protocol)
+        features = ["--features", "proj"] if protocol == "linear-probe" else []  # the check below reads projected features
+        r = run_lss("eval", protocol, *common, *features, "--output-dir", tmp_path / protocol)
         assert r.returncode == 0, r.stderr
         results[protocol] = json.loads((tmp_path / protocol / "results.json").read_text())
         assert "direction" in r.stdout  # the table's column

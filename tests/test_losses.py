@@ -1,4 +1,4 @@
-"""LSS losses against values computed by hand (SPEC §3.4).
+"""LSS losses against values computed by hand (docs/method.md §4).
 
 Banks are one-hot rows so that the cosine scores are simply chosen coordinates of `z`: a score of
 tau * log(p) then gives the distribution p exactly, and every expected value below is a closed form.
@@ -11,9 +11,15 @@ import math
 import pytest
 import torch
 
-from lss_cli.config import LossConfig
-from lss_cli.errors import LssError
-from lss_cli.train.losses import LSSLoss, aggregate_log_probs, aggregate_probs, pair_mask
+from lss_cli.config import LossConfig, TrainConfig, load_config
+from lss_cli.errors import ConfigError, LssError
+from lss_cli.train.losses import (
+    LSSLoss,
+    aggregate_log_probs,
+    aggregate_probs,
+    pair_mask,
+    pooled_uniform_prior,
+)
 
 TS, TT = 0.1, 0.05  # student / teacher temperatures used by the hand computations
 
@@ -149,8 +155,8 @@ def test_invalid_banks_are_refused():
 
 
 def test_uniform_prior_by_hand():
-    """KL(mean_batch p_s,cat || uniform), per student view, averaged over views."""
-    loss_fn = make_loss(2, 1, [0], w_cd=0.0, w_ca=0.0, w_u=1.0)
+    """prior_scope=view: KL(mean_batch p_s,cat || uniform), per student view, averaged over views."""
+    loss_fn = make_loss(2, 1, [0], w_cd=0.0, w_ca=0.0, w_u=1.0, prior_scope="view")
     view_a = [[0.75, 0.25], [0.25, 0.75]]  # batch mean uniform: KL 0
     view_b = [[0.9, 0.1], [0.7, 0.3]]  # batch mean [0.8, 0.2]
     student = torch.stack([embed([logits(p, TS) for p in v], [[0.0], [0.0]]) for v in (view_a, view_b)])
@@ -158,6 +164,45 @@ def test_uniform_prior_by_hand():
     kl_b = 0.8 * math.log(0.8 * 2) + 0.2 * math.log(0.2 * 2)
     assert parts["uniform"].item() == pytest.approx((0.0 + kl_b) / 2, abs=1e-6)
     assert loss.item() == pytest.approx(kl_b / 2, abs=1e-6)
+
+
+def test_pooled_uniform_prior_by_hand():
+    """prior_scope=step: one KL(mean p_s,cat || uniform) over every student view and clip."""
+    loss_fn = make_loss(2, 1, [0], w_cd=0.0, w_ca=0.0, w_u=1.0, prior_scope="step")
+    view_a = [[0.75, 0.25], [0.25, 0.75]]
+    view_b = [[0.9, 0.1], [0.7, 0.3]]  # pooled with view_a: mean [0.65, 0.35]
+    student = torch.stack([embed([logits(p, TS) for p in v], [[0.0], [0.0]]) for v in (view_a, view_b)])
+    loss, parts = loss_fn(student, torch.randn(1, 2, 3), TS, TT)
+    kl = 0.65 * math.log(0.65 * 2) + 0.35 * math.log(0.35 * 2)
+    assert parts["uniform"].item() == pytest.approx(kl, abs=1e-6)
+    assert loss.item() == pytest.approx(kl, abs=1e-6)
+
+
+def test_pooled_prior_over_two_halves_has_the_whole_batch_gradient():
+    """Each half sees the whole batch's sum (detached) and scales its own gradient by 2; the two
+    halves' losses averaged give the value and the gradient of the KL over the whole batch."""
+    torch.manual_seed(5)
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)  # [V, B, K] logits
+    mean = [sum(torch.softmax(x[v, b], -1) for v in range(3) for b in range(4)) / 12]  # plain loops
+    expected = sum(mean[0][k] * math.log(5) + mean[0][k] * torch.log(mean[0][k]) for k in range(5))
+    g_expected, = torch.autograd.grad(expected, x)
+    log_p = torch.log_softmax(x, -1)
+    total = log_p.detach().exp().sum(dim=(0, 1))
+    halves = [pooled_uniform_prior(log_p[:, i:i + 2], total, torch.tensor(12.0, dtype=torch.float64), 2.0)
+              for i in (0, 2)]
+    got = sum(halves) / 2
+    g_got, = torch.autograd.grad(got, x)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-12)
+    torch.testing.assert_close(g_got, g_expected)
+
+
+def test_prior_scope_is_validated():
+    cat, desc, owner = onehot_bank(2, 1, [0])
+    with pytest.raises(LssError, match="prior_scope"):
+        LSSLoss(cat, desc, owner, prior_scope="batch")
+    with pytest.raises(ConfigError, match="prior_scope"):
+        load_config(TrainConfig, overrides=["loss.prior_scope=batch"])
+    assert load_config(TrainConfig, overrides=["loss.prior_scope=step"]).loss.prior_scope == "step"
 
 
 def test_total_is_the_weighted_sum():
@@ -238,10 +283,11 @@ def test_stable_log_aggregation_matches_naive():
 
 def test_from_config():
     cat, desc, owner = onehot_bank(3, 4, [0, 1, 2, -1])
-    cfg = LossConfig(center_momentum=0.8, w_u=0.5, ca_aggregation="mean", ca_direction="desc_to_cat")
+    cfg = LossConfig(center_momentum=0.8, w_u=0.5, ca_aggregation="mean", ca_direction="desc_to_cat",
+                     prior_scope="step")
     loss_fn = LSSLoss.from_config({"category": cat, "description": desc, "description_owner": owner}, cfg)
-    assert (loss_fn.center_momentum, loss_fn.w_u, loss_fn.ca_aggregation, loss_fn.ca_direction) == \
-        (0.8, 0.5, "mean", "desc_to_cat")
+    assert (loss_fn.center_momentum, loss_fn.w_u, loss_fn.ca_aggregation, loss_fn.ca_direction,
+            loss_fn.prior_scope) == (0.8, 0.5, "mean", "desc_to_cat", "step")
     assert set(loss_fn.state_dict()) == {"center_category", "center_description", "center_ready"}  # checkpointed
     assert loss_fn.center_init == "first_batch"  # the config default
 

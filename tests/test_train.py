@@ -16,7 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, make_train_data, run_lss
+
+from lss_cli.runtime.checkpoint import load_checkpoint
 
 EXAMPLE = ROOT / "examples" / "synthetic_tiny.yaml"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -150,12 +153,19 @@ def test_existing_run_dir_is_refused(tmp_path, small_data):
 
 
 def test_ddp_two_processes_match_one(tmp_path, small_data):
-    """2 gloo ranks x batch 4 == 1 process x batch 8: same global batch, same losses.
+    """2 gloo ranks x batch 4 == 1 process x batch 8: same global batch, so the same losses, the
+    same gradients (and so the same optimizer state).
 
+    No warm-up and a large lr (0.8 at batch 256 -> 0.025 here), so step 1 really moves the weights
+    and step 2's loss depends on it. Gradients are compared through their norm (logged before
+    clipping) and AdamW's moment estimates after 2 steps, which scale with the gradient: a wrong
+    gradient scale across ranks (a sum instead of a mean, a prior's all-reduce counted twice) fails
+    here, where AdamW's scale invariance would hide it from the weights and the losses.
     Device-side augmentation is drawn per rank, so it is switched off here; crops and frame
     sampling are per sample (seeded by sample) and stay on."""
     common = _small(small_data, **{"views.flip_p": "0", "views.color_jitter_p": "0", "views.grayscale_p": "0",
-                                   "optim.epochs": "1"})
+                                   "optim.epochs": "1", "optim.warmup_epochs": "0", "optim.lr": "0.8",
+                                   "optim.temporal_lr": "0.8"})
     one = tmp_path / "one"
     r = run_lss("train", *common, "data.batch_size=8", "--output-dir", one, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -166,6 +176,23 @@ def test_ddp_two_processes_match_one(tmp_path, small_data):
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _metrics(one), _metrics(two)
     assert sorted(a) == sorted(b) == [1, 2]
+    assert a[1]["lr"] > 0.02 and abs(a[2]["loss"] - a[1]["loss"]) > 1e-3  # step 1 moved the weights
     for step in a:
-        for key in ("loss", "cd_category", "cd_description", "ca", "uniform"):
+        for key in ("loss", "cd_category", "cd_description", "ca", "uniform", "grad_norm"):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-5), (step, key)
+    _assert_same_moments(load_checkpoint(one), load_checkpoint(two))
+
+
+def _assert_same_moments(one, two) -> None:
+    """AdamW's moments after 2 steps (both steps' gradients, scale included) agree, each tensor to
+    1e-3 of its own largest entry. Weights are not compared entry by entry: gradients that are zero
+    in exact arithmetic (attention key biases) are float noise, which AdamW's first step turns into
+    +-lr updates that differ between any two summation orders."""
+    assert one.step == two.step == 2
+    moments = 0
+    for pid, state in one.optim["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            x, y = state[key], two.optim["state"][pid][key]
+            torch.testing.assert_close(y, x, rtol=0, atol=1e-3 * float(x.abs().max()) + 1e-12, msg=(pid, key))
+            moments += int(x.abs().max() > 0)
+    assert moments > 0

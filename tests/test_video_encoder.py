@@ -1,4 +1,4 @@
-"""The video encoder (SPEC §3.1) against open_clip itself, the independent reference.
+"""The video encoder (docs/method.md §1) against open_clip itself, the independent reference.
 
 The central invariant: at initialisation the `divided` encoder is CLIP applied frame by frame and
 averaged, at the native resolution and, with resampled position embeddings, at other resolutions.

@@ -41,7 +41,7 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool | None, typer.Option("--version", callback=_version_callback, is_eager=True,
+    version: Annotated[bool | None, typer.Option("--version", callback=_version_callback, is_eager=True, metavar="",
                                                      help="Print the version and exit.")] = None,
 ) -> None:
     """LSS: language-based action concept spaces for video self-supervised learning."""
@@ -90,7 +90,7 @@ def _click_exceptions() -> tuple[tuple, tuple, tuple]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `lss`: maps the project's errors to exit codes (SPEC §2).
+    """Entry point of `lss`: maps the project's errors to exit codes.
 
     0 success, 1 anticipated runtime failure, 2 usage/config error, 130 interrupted.
     Tracebacks only with LSS_DEBUG=1.

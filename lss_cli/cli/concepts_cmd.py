@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from lss_cli.cli import CONTEXT, app
-from lss_cli.cli.options import Device, DryRun, Json, Quiet, split_config_args
+from lss_cli.cli.options import Device, DryRun, Json, Quiet, flag, split_config_args
 
 concepts_app = typer.Typer(help="Inspect concept banks built by `lss build-concepts`.",
                            context_settings=CONTEXT, no_args_is_help=True)
@@ -31,10 +31,10 @@ def build_concepts(
     templates: Annotated[Text, typer.Option(help="Category template set: prompts/ name or YAML path [action_templates_v1].")] = None,
     extra_words: Annotated[Text, typer.Option(help="Extra category words, one per line (vocabulary expansion).")] = None,
     extra_sentences: Annotated[Text, typer.Option(help="Extra description sentences without a category, one per line.")] = None,
-    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Allow categories with no descriptions.")] = False,
+    allow_missing: Annotated[bool, flag("--allow-missing", help="Allow categories with no descriptions.")] = False,
     device: Device = None,
     batch_size: Annotated[int | None, typer.Option(help="Texts per text-encoder call [256].")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
+    overwrite: Annotated[bool, flag("--overwrite", help="Replace an existing --out file.")] = False,
     dry_run: DryRun = False,
     quiet: Quiet = False,
     json_out: Json = False,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lss_cli.cli import CONTEXT, app
-from lss_cli.cli.options import Json, Overwrite, Quiet
+from lss_cli.cli.options import Json, Overwrite, Quiet, flag
 
 data_app = typer.Typer(help="Datasets: synthetic videos, lists from official split files, unreadable-video checks.",
                        context_settings=CONTEXT, no_args_is_help=True)
@@ -25,7 +25,7 @@ def synth(
     fps: Annotated[float, typer.Option(help="Frame rate.")] = 8.0,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same dataset).")] = 0,
     background: Annotated[str, typer.Option(help="texture (smooth random texture) | plain (a uniform background per clip).")] = "texture",
-    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty folder.")] = False,
+    overwrite: Annotated[bool, flag("--overwrite", help="Write into a non-empty folder.")] = False,
     quiet: Quiet = False,
     json_out: Json = False,
 ) -> None:
@@ -74,7 +74,7 @@ def prepare(
     splits_dir: Annotated[Path | None, typer.Option(
         "--splits-dir", help="Official split files (default: the package's UCF101/HMDB51 copies; "
         "Kinetics: ROOT/annotations, then ROOT).")] = None,
-    drop_missing: Annotated[bool, typer.Option(help="Leave videos that are not under --root out of the lists.")] = False,
+    drop_missing: Annotated[bool, flag("--drop-missing", help="Leave videos that are not under --root out of the lists.")] = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     json_out: Json = False,

@@ -44,7 +44,9 @@ def describe(
     Works with OpenAI (key from OPENAI_API_KEY, never from a flag or file) and any
     OpenAI-compatible server (vLLM, Ollama, llama.cpp) via --base-url, which needs no real key.
     Finished classes are appended at once; rerunning skips them and retries failed ones.
-    Exit code 1 when some classes failed (they are listed).
+    Exit code 1 when some classes failed (they are listed). A server that refuses `max_tokens`
+    or a non-default temperature (reasoning models) is answered once per run: the budget is sent
+    as `max_completion_tokens`, no temperature is sent; each record's `request` says what was.
 
     Examples:
 
@@ -79,7 +81,7 @@ def _render_plan(plan: DescribePlan, cfg: DescribeConfig, json_out: bool) -> Non
 
     info = {
         "classes": len(plan.labels), "to_ask": len(plan.todo), "already_done": plan.done,
-        "failed_last_time": plan.failed_before, "calls": len(plan.todo),
+        "without_provenance": plan.unknown_provenance, "failed_last_time": plan.failed_before, "calls": len(plan.todo),
         "calls_at_most": plan.max_calls(cfg), "endpoint": plan.endpoint.describe(), "model": cfg.model,
         "prompt_file": plan.prompt.file, "prompt_sha256": plan.prompt.sha256, "out": str(plan.out),
         "first_prompt": plan.first_messages(),
@@ -91,6 +93,8 @@ def _render_plan(plan: DescribePlan, cfg: DescribeConfig, json_out: bool) -> Non
         "classes": f"{len(plan.labels)} ({len(plan.todo)} to ask for, {len(plan.done)} already done)",
         "requests": f"{len(plan.todo)} (at most {info['calls_at_most']} with every retry and re-ask)",
         "already done": done or "none",
+        **({"without provenance": f"{plan.unknown_provenance} of them (written by hand or another tool; kept)"}
+           if plan.unknown_provenance else {}),
         "failed last time": ", ".join(plan.failed_before) or "none",
         "endpoint": f"{info['endpoint']}  model {cfg.model}",
         "prompt": f"{plan.prompt.file}  sha256 {plan.prompt.sha256[:12]}",
@@ -111,13 +115,24 @@ def _render_summary(s: DescribeSummary, json_out: bool) -> None:
     rows = {
         "classes": f"{s.classes}: {s.done} done, {s.skipped} skipped (already done), {len(s.failed)} failed"
                    + (f", {s.not_attempted} not attempted" if s.not_attempted else ""),
-        "requests": f"{s.calls} ({s.retries} retries, {s.reasks} re-asks)",
+        "requests": f"{s.calls} ({s.retries} retries, {s.reasks} re-asks"
+                    + (f", {s.resent} resent after a refused parameter)" if s.resent else ")"),
+        **({"sent": _sent_text(s.request)} if s.request else {}),
         "tokens": f"{s.prompt_tokens} in / {s.completion_tokens} out",
         "wall time": f"{s.wall_s:.1f} s",
         "model": f"{s.model} at {s.endpoint}",
         "out": s.out,
     }
     stdout.print(kv_table("lss describe", rows))
+
+
+def _sent_text(request: dict[str, object]) -> str:
+    """`{"max_completion_tokens": 1024, "refused": ["max_tokens", "temperature"]}` ->
+    `max_completion_tokens=1024, no temperature (refused by the server: max_tokens, temperature)`."""
+    params = {k: v for k, v in request.items() if k != "refused"}
+    text = ", ".join(f"{k}={v}" for k, v in params.items()) + ("" if "temperature" in params else ", no temperature")
+    refused = request.get("refused")
+    return text + (f" (refused by the server: {', '.join(map(str, refused))})" if isinstance(refused, list) else "")
 
 
 def _exit_status(s: DescribeSummary) -> None:

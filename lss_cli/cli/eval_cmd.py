@@ -124,17 +124,23 @@ def zero_shot(args: Overrides = None, dataset: Dataset = None, root: Root = None
 @eval_app.command("linear-probe")
 def linear_probe(args: Overrides = None, dataset: Dataset = None, root: Root = None, list_file: ListFile = None,
                  train_list: TrainList = None, splits: Splits = None, checkpoint: Checkpoint = None, model: Model = None, pretrained: Pretrained = None,
-                 features: Annotated[str | None, typer.Option("--features", help="pre-proj | proj.")] = None,
+                 features: Annotated[str | None, typer.Option("--features", help="pre-proj (CLIP's probes, default) | proj.")] = None,
+                 val_split: Annotated[str | None, typer.Option("--val-split", help="Validation part for the L2 search: grouped "
+                                                               "(source videos kept together, default) | stratified (video by video).")] = None,
+                 standardize: Annotated[bool | None, typer.Option("--standardize/--no-standardize", help="z-score the features "
+                                                                  "with the training set's statistics (default: no, as CLIP).")] = None,
                  pairs: Pairs = None, num_frames: Frames = None, num_clips: Clips = None, num_crops: Crops = None, device: Device = None,
                  out: Out = None, output_dir: OutputDir = None, overwrite: Overwrite = False, quiet: Quiet = False,
                  json_out: Json = False) -> None:
-    """Linear probe on frozen features: L2 chosen on held-out train videos, top-1 per split, mean ± std.
+    """Linear probe on frozen features (CLIP's protocol): L2 searched over 1e-6..1e6 on held-out groups of
+    train videos, refit on all of them; top-1 per split, mean ± std. `probe_l2_range=[LOW,HIGH]` narrows the search.
     With time-reversal class pairs (--pairs, or a synthetic dataset's pairs.txt) also the direction accuracy.
 
     Example: lss eval linear-probe --dataset ucf101 --root data/ucf101 --checkpoint model.safetensors --features pre-proj
     """
     _run("linear-probe", args, _flags(dataset=dataset, root=root, list_file=list_file, train_list=train_list, splits=splits,
                                       checkpoint=checkpoint, model=model, pretrained=pretrained, features=features,
+                                      probe_val_split=val_split, probe_standardize=standardize,
                                       pairs=pairs, num_frames=num_frames, num_clips=num_clips, num_crops=num_crops, device=device,
                                       out=out), output_dir, overwrite, quiet, json_out)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -12,11 +12,19 @@ Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda 
                                            show_default=False)]
 Seed = Annotated[int | None, typer.Option("--seed", help="Random seed (each rank adds its rank).")]
 OutputDir = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Run directory (default: `runs/<command>/<timestamp>`).")]
-DryRun = Annotated[bool, typer.Option("--dry-run", help="Check inputs and show what would happen; do no heavy work.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info lines on stderr.")]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty output location.")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir.")]
+
+
+def flag(*names: str, help: str, **kwargs: Any) -> Any:
+    """A boolean option shown as a flag: Typer's help would print a `<bool>` value it does not take
+    (an empty metavar shows none)."""
+    return typer.Option(*names, help=help, metavar="", **kwargs)
+
+
+DryRun = Annotated[bool, flag("--dry-run", help="Check inputs and show what would happen; do no heavy work.")]
+Quiet = Annotated[bool, flag("--quiet", "-q", help="No progress bars or info lines on stderr.")]
+Json = Annotated[bool, flag("--json", help="Print the result as JSON on stdout.")]
+Overwrite = Annotated[bool, flag("--overwrite", help="Write into a non-empty output location.")]
+Resume = Annotated[bool, flag("--resume", help="Continue the run in --output-dir.")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="Dotted key=value overrides, e.g. optim.lr=1e-4.", show_default=False)]
 
 

@@ -8,9 +8,20 @@ from typing import Annotated
 import typer
 
 from lss_cli.cli import CONTEXT, app
-from lss_cli.cli.options import Device, DryRun, Json, OutputDir, Overrides, Overwrite, Quiet, Resume, Seed
+from lss_cli.cli.options import (
+    Device,
+    DryRun,
+    Json,
+    OutputDir,
+    Overrides,
+    Overwrite,
+    Quiet,
+    Resume,
+    Seed,
+    flag,
+)
 
-AllowConfigChange = Annotated[bool, typer.Option(
+AllowConfigChange = Annotated[bool, flag(
     "--allow-config-change",
     help="With --resume: accept a config that differs from the checkpoint's in keys that change the "
     "result (the resumed run is then not an exact continuation).")]
@@ -39,10 +50,14 @@ def train(
 
         lss train examples/synthetic_tiny.yaml optim.epochs=1 --output-dir runs/train/tiny --overwrite
 
-        lss train runs/train/tiny/config.yaml --output-dir runs/train/tiny --resume
+        lss train runs/train/tiny --resume
+
+        lss train synthetic_tiny --output-dir runs/train/tiny
 
         torchrun --nproc-per-node 8 -m lss_cli train examples/lss_k400_vitb16.yaml data.root=/data/k400
 
+    A shipped config can be named (synthetic_tiny, lss_k400_vitb16). A run dir given with --resume
+    (as ARGS or --output-dir) stands for the run's own config.yaml.
     --resume continues from the newest intact checkpoint (damaged newer ones are skipped, with a
     warning) and refuses a config that differs from the checkpoint's unless --allow-config-change.
     --overwrite moves the old run's metrics and checkpoints into a replaced-* folder of the run dir.
@@ -50,9 +65,11 @@ def train(
     from lss_cli.cli.options import split_config_args
     from lss_cli.config import TrainConfig, dump_yaml, load_config
     from lss_cli.runtime.progress import set_quiet
+    from lss_cli.train.resume import resume_inputs
 
     set_quiet(quiet)
     path, overrides = split_config_args(args)
+    path, output_dir = resume_inputs(path, output_dir, resume)
     cfg = load_config(TrainConfig, path, overrides, flags={
         "run.output_dir": str(output_dir) if output_dir else None, "run.resume": resume or None,
         "run.overwrite": overwrite or None, "run.allow_config_change": allow_config_change or None,

@@ -1,4 +1,4 @@
-"""Concept banks: the frozen CLIP text tower's vectors LSS trains in (SPEC §3.2).
+"""Concept banks: the frozen CLIP text tower's vectors LSS trains in (docs/method.md §3).
 
 Two banks, both float32 with unit rows:
 

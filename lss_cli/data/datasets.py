@@ -1,4 +1,5 @@
-"""Annotation readers for every list format of SPEC §4, and dataset presets by name.
+"""Annotation readers for every list format, and dataset presets by name (README, "Datasets and the
+video pipeline").
 
 Contract used by training and evaluation:
 
@@ -564,3 +565,37 @@ def _load_synthetic(root, split: Split) -> VideoList:
     classes = read_classes(root / "classes.txt")
     paths, labels = read_list(root / f"{part}.txt", classes)
     return VideoList(root, paths, labels, classes, f"synthetic {part} ({root})")
+
+
+# ---- source groups (the linear probe's validation split) ------------------------------------
+
+_UCF101_NAME = re.compile(r"^v_.+_(?P<group>g\d+)_c\d+$")  # v_ApplyEyeMakeup_g08_c01
+# HMDB51: <source title>_<action>_<body part>_<camera motion>_<people>_<view>_<quality>_<clip index>
+_HMDB51_NAME = re.compile(r"^(?P<source>.+)_[fhul]_(?:cm|nm)_np\d+_(?:fr|ba|le|ri)_(?:bad|med|goo)_\d+$")
+_CLIP_INDEX = re.compile(r"^(?P<source>.+)_(?P<index>\d+)$")  # <name>_<clip index>
+
+
+def source_group(dataset: str, relpath: str) -> str:
+    """The group of a listed video: videos of one group may share their source (a recording, a
+    film scene), so a validation split must keep each group on one side. Each key mirrors how the
+    dataset's own train/test splits keep sources apart:
+
+    - ucf101: the group number, `v_ApplyEyeMakeup_g08_c01.avi` -> `g08`. UCF101's clips of one
+      group come from one long video; its official splits hold out whole group numbers across
+      all classes (test = g01-g07), and so does this key.
+    - hmdb51: the source title and action, the name without its meta tags and clip index:
+      `April_09_brush_hair_u_nm_np1_ba_goo_0.avi` -> `April_09_brush_hair`. Clips of one title and
+      action that differ in their tags (`..._np2_ba_bad_1`, `..._np2_le_bad_0`) are cut from the
+      same film, and the official splits never put one title-and-action on both sides; a name
+      without the tags loses just its trailing `_<n>`.
+    - synthetic: the clip index, `videos/moving_left/moving_left_003.mp4` -> `clip 3`: clip i of
+      a time-reversal class is its mate's clip i played backwards (lss_cli/data/synth.py).
+    - any other dataset, or a name not in its dataset's form: the video itself (its path)."""
+    stem = relpath.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    if dataset == "ucf101" and (m := _UCF101_NAME.match(stem)):
+        return m.group("group").lower()
+    if dataset == "hmdb51" and (m := _HMDB51_NAME.match(stem) or _CLIP_INDEX.match(stem)):
+        return m.group("source")
+    if dataset == "synthetic" and (m := _CLIP_INDEX.match(stem)):
+        return f"clip {int(m.group('index'))}"
+    return relpath

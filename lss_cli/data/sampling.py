@@ -18,7 +18,7 @@ sampling repeats frames when n < T (segments shorter than one frame map to the s
 dense sampling shrinks the stride so the clip spans the whole video (`floor(j * (n - 1) / (T - 1))`),
 repeating frames when n < T. A view window is never shorter than one frame.
 
-Self-distillation views (SPEC §3.3, `multiview_indices`): each global view covers a window of a
+Self-distillation views (docs/method.md §2, `multiview_indices`): each global view covers a window of a
 random fraction in `views.global_span` of the video, each local view a window with a fraction in
 `views.local_span`; window starts are uniform; inside its window a view takes `T` frames by
 training segment sampling. Local views may have one frame count each (`views.local_frames`).

@@ -1,4 +1,4 @@
-"""`lss describe`: an LLM writes N short visual descriptions of every action class (SPEC §2, §3.2).
+"""`lss describe`: an LLM writes N short visual descriptions of every action class (docs/method.md §3.2).
 
 A run is paid per token and may be rate-limited or killed, so:
 

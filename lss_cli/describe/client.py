@@ -10,6 +10,11 @@ request is accounted for. Errors are mapped to three kinds:
 - `class`: this request is bad but others may work (e.g. 400, 422);
 - `fatal`: every request will fail the same way (bad key, no such model, quota used up): stop.
 
+A 400 saying that a request parameter is not supported (OpenAI's reasoning models refuse
+`max_tokens`, wanting `max_completion_tokens`, and any `temperature` but the default) names that
+parameter in `LlmCallError.refused`; `RequestShape` is how the sampling parameters are sent, and
+`RequestShape.without` the shape adapted to such a refusal (the run decides when to adapt).
+
 The API key comes from the environment only. It is never logged, never put in a message, and
 `redact()` scrubs it (and anything shaped like an OpenAI key) from the text of server errors,
 which sometimes echo it back.
@@ -23,7 +28,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 from urllib.parse import urlparse
 
@@ -36,6 +41,11 @@ DEFAULT_HOST = "api.openai.com"
 LOCAL_PLACEHOLDER_KEY = "no-key-needed"
 _KEY_SHAPE = re.compile(r"sk-[A-Za-z0-9_\-*.]{6,}")
 _SHOWN_CHARS = 200  # of a body that is not JSON, quoted in the error
+# A refused parameter: OpenAI sends these codes with the parameter in `param`; a proxy that keeps
+# only the message still says "Unsupported parameter: 'max_tokens' ..." / "Unsupported value: ...".
+_REFUSAL_CODES = ("unsupported_parameter", "unsupported_value")
+_REFUSAL_TEXT = re.compile(r"Unsupported (?:parameter|value): '(\w+)'")
+TOKEN_PARAMS = ("max_tokens", "max_completion_tokens")  # the completion budget's name: classic, reasoning models
 
 ErrorKind = Literal["retry", "class", "fatal"]
 Client = openai.OpenAI  # so callers can name the type without importing openai themselves
@@ -61,16 +71,51 @@ class ChatReply:
     finish_reason: str | None  # "stop", "length" (cut at max_tokens), ...
 
 
+@dataclass(frozen=True)
+class RequestShape:
+    """How a request sends its sampling parameters (model and messages are always sent).
+
+    The default is what every OpenAI-compatible server took until reasoning models: `max_tokens`
+    and `temperature`. Each refusal a server answers with changes one thing, once: `max_tokens`
+    is renamed `max_completion_tokens`, a refused `temperature` is no longer sent (the model's
+    default applies). `refused` keeps what the server refused, in order, for the provenance.
+    """
+
+    token_param: str = "max_tokens"  # name the completion budget is sent under, one of TOKEN_PARAMS
+    send_temperature: bool = True  # False: no temperature sent, the server's default applies
+    refused: tuple[str, ...] = ()  # parameters the server refused, in the order it did
+
+    def params(self, temperature: float, max_tokens: int) -> dict[str, float | int]:
+        """The sampling parameters of one request, as sent."""
+        sent: dict[str, float | int] = {self.token_param: max_tokens}
+        if self.send_temperature:
+            sent["temperature"] = temperature
+        return sent
+
+    def provenance(self, temperature: float, max_tokens: int) -> dict[str, object]:
+        """What a record says was sent: the parameters, and `refused` when the server refused some."""
+        return {**self.params(temperature, max_tokens), **({"refused": list(self.refused)} if self.refused else {})}
+
+    def without(self, param: str) -> RequestShape | None:
+        """This shape adapted to a server that refused `param`; None when there is nothing to adapt."""
+        if param == "max_tokens" and self.token_param == "max_tokens":
+            return replace(self, token_param="max_completion_tokens", refused=(*self.refused, param))
+        if param == "temperature" and self.send_temperature:
+            return replace(self, send_temperature=False, refused=(*self.refused, param))
+        return None
+
+
 class LlmCallError(Exception):
     """One failed request. The message is safe to print (redacted, no key)."""
 
     def __init__(self, message: str, kind: ErrorKind, retry_after: float | None = None,
-                 status: int | None = None):
+                 status: int | None = None, refused: str | None = None):
         super().__init__(message)
         self.message = message
         self.kind = kind
         self.retry_after = retry_after  # seconds the server asked us to wait, if it said
         self.status = status  # HTTP status, None for transport errors
+        self.refused = refused  # the request parameter a 400 said is not supported, if one was named
 
 
 def resolve_endpoint(base_url: str | None, env: dict[str, str] | None = None) -> Endpoint:
@@ -99,11 +144,15 @@ def make_client(endpoint: Endpoint, timeout: float) -> Client:
 
 
 def chat(client: Client, model: str, messages: list[dict[str, str]], temperature: float,
-         max_tokens: int, secret: str | None = None) -> ChatReply:
-    """One chat-completion request. Raises LlmCallError; `secret` is scrubbed from its message."""
+         max_tokens: int, secret: str | None = None, shape: RequestShape | None = None) -> ChatReply:
+    """One chat-completion request sent in `shape` (default: `max_tokens` and `temperature`).
+    Raises LlmCallError; `secret` is scrubbed from its message."""
+    params = (shape or RequestShape()).params(temperature, max_tokens)
+    # max_completion_tokens goes in the body as is: openai releases older than the ones that name it
+    # (our pin allows them) would refuse it as a keyword; the JSON sent is the same.
+    extra = {"max_completion_tokens": params.pop("max_completion_tokens")} if "max_completion_tokens" in params else None
     try:
-        resp = client.chat.completions.create(model=model, messages=messages, temperature=temperature,
-                                              max_tokens=max_tokens)
+        resp = client.chat.completions.create(model=model, messages=messages, extra_body=extra, **params)
     except openai.APIError as e:
         raise _classify(e, secret) from None
     except openai.OpenAIError as e:  # anything else the client rejects about the reply
@@ -168,7 +217,15 @@ def _classify(e: openai.APIError, secret: str | None) -> LlmCallError:
         return LlmCallError(text, "fatal", status=status)
     if status in (408, 409, 429) or status >= 500:
         return LlmCallError(text, "retry", retry_after, status)
-    return LlmCallError(text, "class", status=status)
+    return LlmCallError(text, "class", status=status, refused=_refused_param(e) if status == 400 else None)
+
+
+def _refused_param(e: openai.APIStatusError) -> str | None:
+    """The request parameter a 400 says the model does not support, or None for any other 400."""
+    if e.code in _REFUSAL_CODES and isinstance(e.param, str) and e.param:
+        return e.param
+    match = _REFUSAL_TEXT.search(_server_message(e))
+    return match.group(1) if match else None
 
 
 def _server_message(e: openai.APIStatusError) -> str:

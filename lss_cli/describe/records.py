@@ -8,6 +8,11 @@ Two kinds of line share the file: a description record (no `status` key; this is
 dataset writes) and a failure record (`"status": "failed"`, with the reason) left by `lss describe`
 for a class it gave up on. Failure records are provenance only: `read_records` skips them, and a
 class that has one is simply not done, so the next run retries it.
+
+A description record needs only `category` and `descriptions`: a file written by hand or by
+another tool is read as well. The provenance `lss describe` adds (model, prompt, temperature, what
+was sent, when) is recorded as unknown where missing: `model` is "unknown", the rest None.
+Unknown keys are ignored, so files with fields added later (such as `request`) stay readable.
 """
 
 from __future__ import annotations
@@ -24,29 +29,47 @@ from lss_cli.errors import InputFileError, LssError
 from lss_cli.runtime.outputs import os_reason, write_text_atomic
 from lss_cli.textfiles import BOM
 
+UNKNOWN = "unknown"  # the model of a record whose writer did not say (hand-written, another tool)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
 
 @dataclass
 class DescriptionRecord:
     category: str  # class name, exactly as in the label set
     descriptions: list[str]  # visual descriptions of the action
-    model: str  # LLM that wrote them ("hand-written" for the synthetic set)
-    prompt_file: str | None = None  # prompt template used (None when hand-written)
-    prompt_sha256: str | None = None  # sha256 of that template file
-    temperature: float | None = None  # sampling temperature
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    model: str = UNKNOWN  # LLM that wrote them ("hand-written" for the synthetic set, UNKNOWN if not given)
+    prompt_file: str | None = None  # prompt template used (None: none recorded, e.g. hand-written)
+    prompt_sha256: str | None = None  # sha256 of that template file (None: not made by `lss describe`)
+    temperature: float | None = None  # sampling temperature sent (None: none sent, or not recorded)
+    created: str | None = field(default_factory=_now)  # when written (None: not recorded)
     usage: dict[str, int] | None = None  # token usage of the call(s) that produced this record
+    request: dict[str, Any] | None = None  # sampling parameters as sent (RequestShape.provenance); None: not recorded
+
+    @property
+    def has_provenance(self) -> bool:
+        """Made by `lss describe`, which always records its prompt; hand-written records do not."""
+        return self.prompt_sha256 is not None
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], where: str) -> DescriptionRecord:
         if not isinstance(obj, dict):
             raise InputFileError(f"{where}: expected a JSON object")
-        missing = [k for k in ("category", "descriptions", "model") if k not in obj]
+        missing = [k for k in ("category", "descriptions") if k not in obj]
         if missing:
-            raise InputFileError(f"{where}: record lacks {', '.join(missing)}")
+            raise InputFileError(f"{where}: record lacks {', '.join(missing)}",
+                                 hint='a record needs "category" and "descriptions" (a list of strings)')
+        if not isinstance(obj["category"], str):
+            raise InputFileError(f"{where}: 'category' must be a string")
         if not isinstance(obj["descriptions"], list) or not all(isinstance(d, str) for d in obj["descriptions"]):
             raise InputFileError(f"{where}: 'descriptions' must be a list of strings")
+        if not isinstance(obj.get("model") or UNKNOWN, str):
+            raise InputFileError(f"{where}: 'model' must be a string")
         known = {k: v for k, v in obj.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        # Provenance the writer left out is unknown, not "now" nor a default model.
+        return cls(**{**known, "model": known.get("model") or UNKNOWN, "created": known.get("created")})
 
 
 FAILED = "failed"  # value of `status` in a failure record
@@ -61,9 +84,10 @@ class FailedRecord:
     model: str  # model that was asked
     prompt_file: str | None = None  # prompt template used
     prompt_sha256: str | None = None  # sha256 of that template file
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=_now)  # when written
     usage: dict[str, int] | None = None  # tokens and requests spent on the class anyway
     status: str = FAILED  # marks the line as a failure record
+    request: dict[str, Any] | None = None  # sampling parameters as sent (RequestShape.provenance); None: not recorded
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], where: str) -> FailedRecord:

@@ -5,6 +5,10 @@
 already done, and hands the rest to a `DescribeRun`: `concurrency` daemon threads share one HTTP
 client and only ask (`describe_class`, with retries and re-asks); only the main thread writes the
 output file and the tally, so records never interleave and neither needs a lock.
+
+The one thing workers change together is how requests are sent (`RequestAdapter`): a server that
+refuses `max_tokens` or a non-default `temperature` (OpenAI's reasoning models) is answered once
+per run, for all workers, and each record says what was sent.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from lss_cli.describe.client import (
     Client,
     Endpoint,
     LlmCallError,
+    RequestShape,
     chat,
     make_client,
     resolve_endpoint,
@@ -52,6 +57,8 @@ except ImportError:  # Windows: no advisory locks, so runs on the same file are 
 # A run whose first this-many finished classes all failed stops: the prompt or model is broken,
 # and going on would spend requests on every remaining class for nothing.
 EARLY_FAILURES_STOP = 10
+# Requests a run may spend on parameters a server refuses: one each for max_tokens and temperature.
+ADAPTABLE_PARAMS = ("max_tokens", "temperature")
 
 # --------------------------------------------------------------------------------------------
 # Retries
@@ -87,6 +94,58 @@ class _Stopped(Exception):
     """The run is stopping (fatal error elsewhere, or interrupted): send nothing more."""
 
 
+class RequestAdapter:
+    """How every worker of a run sends its requests, adapted once per parameter the server refuses.
+
+    Until one request has been answered with a completion, requests go out one at a time (the
+    first is a probe): a server refusing a parameter then costs one extra request per refused
+    parameter for the whole run, instead of one per worker already in flight. After that answer
+    the shape is settled and workers send at once, reading `shape` without a lock (a reference
+    read is atomic; only `adapt` replaces it, under `_lock`).
+    """
+
+    def __init__(self, temperature: float) -> None:
+        self.shape = RequestShape()  # what the next request sends
+        self._temperature = temperature  # the configured one, named when a server refuses it
+        self._lock = threading.Lock()  # guards `shape` replacements
+        self._probe = threading.Lock()  # held around each request until settled
+        self._settled = threading.Event()  # set once a request of the current shape got a completion
+
+    @contextmanager
+    def turn(self) -> Iterator[RequestShape]:
+        """The shape to send one request in; while unsettled, requests take turns."""
+        if self._settled.is_set():
+            yield self.shape
+            return
+        with self._probe:
+            yield self.shape
+
+    def settle(self) -> None:
+        self._settled.set()
+
+    def adapt(self, sent: RequestShape, e: LlmCallError) -> bool:
+        """After a request sent in `sent` was refused (`e.refused`): True to send it again in `shape`."""
+        assert e.refused is not None
+        with self._lock:
+            if self.shape != sent:  # another worker adapted meanwhile (a server that changed its mind)
+                return True
+            adapted = sent.without(e.refused)
+            if adapted is None:  # nothing to change (a parameter we do not send, or already dropped)
+                return False
+            self.shape = adapted
+        self._say(e)
+        return True
+
+    def _say(self, e: LlmCallError) -> None:
+        """The one line per adaptation: what changed, and the server's reason."""
+        if e.refused == "max_tokens":
+            log(f"describe: the server refused 'max_tokens' ({e.message}); the completion budget is sent as "
+                "'max_completion_tokens' for the rest of this run")
+        else:
+            warn(f"the server refused temperature {self._temperature} ({e.message}); no temperature is sent "
+                 "for the rest of this run (the model's default applies)")
+
+
 # --------------------------------------------------------------------------------------------
 # One class
 # --------------------------------------------------------------------------------------------
@@ -105,6 +164,8 @@ class ClassOutcome:
     reasks: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    resent: int = 0  # requests sent again because the server refused a parameter
+    shape: RequestShape | None = None  # how the last request was sent (None: none was)
 
 
 @dataclass
@@ -116,6 +177,7 @@ class _Context:
     client: Client
     secret: str
     length_check: ClipLengthCheck
+    request: RequestAdapter  # how requests are sent, shared by all workers
     gate: RateGate = field(default_factory=RateGate)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -153,9 +215,8 @@ def _call_with_retries(ctx: _Context, messages: list[dict[str, str]], out: Class
         ctx.gate.wait(ctx.stop)
         if ctx.stop.is_set():
             raise _Stopped
-        out.calls += 1
         try:
-            reply = chat(ctx.client, cfg.model, messages, cfg.temperature, cfg.max_tokens, ctx.secret)
+            reply = _send(ctx, messages, out)
         except LlmCallError as e:
             if e.kind != "retry":
                 raise
@@ -174,6 +235,27 @@ def _call_with_retries(ctx: _Context, messages: list[dict[str, str]], out: Class
     raise AssertionError("unreachable")
 
 
+def _send(ctx: _Context, messages: list[dict[str, str]], out: ClassOutcome) -> ChatReply:
+    """One request in the run's current shape. A refused parameter is adapted (see RequestAdapter)
+    and the request sent again; that resend is no retry: it spends none of `max_retries`."""
+    cfg = ctx.cfg
+    while True:
+        with ctx.request.turn() as shape:
+            if ctx.stop.is_set():  # may have waited for the probe while the run stopped
+                raise _Stopped
+            out.calls += 1
+            out.shape = shape
+            try:
+                reply = chat(ctx.client, cfg.model, messages, cfg.temperature, cfg.max_tokens, ctx.secret, shape)
+            except LlmCallError as e:
+                if e.refused is None or not ctx.request.adapt(shape, e):
+                    raise
+                out.resent += 1
+                continue
+            ctx.request.settle()
+            return reply
+
+
 # --------------------------------------------------------------------------------------------
 # Planning (also what --dry-run shows)
 # --------------------------------------------------------------------------------------------
@@ -190,13 +272,17 @@ class DescribePlan:
     out: Path
     bad_lines: int  # torn/unreadable lines in the existing output (their classes are redone)
     mismatched: dict[str, int]  # existing records made differently: what differs -> how many
+    unknown_provenance: int  # finished classes whose records carry no `lss describe` provenance (hand-written)
     per_class: int
 
     def first_messages(self) -> list[dict[str, str]]:
         return self.prompt.messages((self.todo or self.labels)[0], self.per_class)
 
     def max_calls(self, cfg: DescribeConfig) -> int:
-        return len(self.todo) * (cfg.max_reasks + 1) * (cfg.max_retries + 1)
+        """Every retry and re-ask of every class, plus one request per parameter a server may refuse
+        (once per run; a server that accepts a parameter and later refuses it may cost more)."""
+        per_run = len(ADAPTABLE_PARAMS) if self.todo else 0
+        return len(self.todo) * (cfg.max_reasks + 1) * (cfg.max_retries + 1) + per_run
 
 
 def plan_describe(cfg: DescribeConfig, env: dict[str, str] | None = None) -> DescribePlan:
@@ -230,14 +316,22 @@ def _make_plan(cfg: DescribeConfig, names: list[str], prompt: PromptTemplate, en
         labels=names, todo=[c for c in names if c not in state.records], done=done,
         failed_before={c: f.error for c, f in state.failed.items() if c in wanted},
         prompt=prompt, endpoint=endpoint, out=out, bad_lines=state.bad_lines,
-        mismatched=_mismatches([state.records[c] for c in done], cfg, prompt), per_class=cfg.per_class,
+        mismatched=_mismatches([state.records[c] for c in done], cfg, prompt),
+        unknown_provenance=sum(not state.records[c].has_provenance for c in done), per_class=cfg.per_class,
     )
 
 
 def _mismatches(records: list[DescriptionRecord], cfg: DescribeConfig, prompt: PromptTemplate) -> dict[str, int]:
+    """What differs between the finished records and this run's settings -> how many records.
+
+    Records without `lss describe` provenance (written by hand or by another tool) are compared
+    on their count only: their model and prompt are unknown, not different. Like every finished
+    class they are kept and skipped, never redone: they are the user's own descriptions, and
+    replacing them by an LLM's would undo that choice (--overwrite starts over if that is wanted).
+    """
     checks = {
-        "model": lambda r: r.model != cfg.model,
-        "prompt (sha256)": lambda r: r.prompt_sha256 != prompt.sha256,
+        "model": lambda r: r.has_provenance and r.model != cfg.model,
+        "prompt (sha256)": lambda r: r.has_provenance and r.prompt_sha256 != prompt.sha256,
         "descriptions per class": lambda r: len(r.descriptions) != cfg.per_class,
     }
     counts = {what: sum(map(differs, records)) for what, differs in checks.items()}
@@ -267,6 +361,8 @@ class DescribeSummary:
     wall_s: float
     fatal: str | None = None  # why the run stopped early
     fatal_hint: str | None = None
+    resent: int = 0  # requests sent again after the server refused a parameter (in `calls`)
+    request: dict[str, object] | None = None  # how requests were sent last (None: none was sent)
 
 
 @dataclass
@@ -278,11 +374,13 @@ class _Tally:
     reasks: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    resent: int = 0
     fatal: str | None = None  # why the run stopped early
     fatal_hint: str | None = None
 
     def add(self, o: ClassOutcome) -> None:
         self.calls += o.calls
+        self.resent += o.resent
         self.retries += o.retries
         self.reasks += o.reasks
         self.prompt_tokens += o.prompt_tokens
@@ -353,6 +451,9 @@ def _prepare_output(out: Path, cfg: DescribeConfig) -> DescriptionsState:
 
 
 def _warn_mismatched(plan: DescribePlan) -> None:
+    if plan.unknown_provenance:
+        log(f"describe: {plan.unknown_provenance} finished class(es) in {plan.out} carry no `lss describe` "
+            "provenance (written by hand or by another tool); they are kept and skipped")
     if plan.mismatched:
         what = ", ".join(f"{k} ({v})" for k, v in plan.mismatched.items())
         warn(f"{plan.out} holds finished classes made with a different {what}; they are kept and "
@@ -375,13 +476,14 @@ class DescribeRun:
         self.plan, self.cfg = plan, cfg
         self.tally = _Tally()
         self.stop = threading.Event()
+        self.request = RequestAdapter(cfg.temperature)
         self._tasks: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._results: queue.SimpleQueue[_Result] = queue.SimpleQueue()
 
     def run(self) -> None:
         """Ask for every class of the plan's todo list; return when all are written (or the run stopped)."""
         ctx = _Context(self.cfg, self.plan.prompt, make_client(self.plan.endpoint, self.cfg.timeout),
-                       self.plan.endpoint.api_key, ClipLengthCheck(), stop=self.stop)
+                       self.plan.endpoint.api_key, ClipLengthCheck(), self.request, stop=self.stop)
         for category in self.plan.todo:
             self._tasks.put(category)
         workers = [threading.Thread(target=self._worker, args=(ctx,), daemon=True, name=f"describe-{i}")
@@ -408,8 +510,13 @@ class DescribeRun:
             not_attempted=len(plan.todo) - tally.done - len(tally.failed), calls=tally.calls,
             retries=tally.retries, reasks=tally.reasks, prompt_tokens=tally.prompt_tokens,
             completion_tokens=tally.completion_tokens, wall_s=wall_s,
-            fatal=tally.fatal, fatal_hint=tally.fatal_hint,
+            fatal=tally.fatal, fatal_hint=tally.fatal_hint, resent=tally.resent,
+            request=self._sent(self.request.shape) if tally.calls else None,
         )
+
+    def _sent(self, shape: RequestShape | None) -> dict[str, object] | None:
+        """The provenance of requests sent in `shape`: the sampling parameters, what was refused."""
+        return None if shape is None else shape.provenance(self.cfg.temperature, self.cfg.max_tokens)
 
     def _worker(self, ctx: _Context) -> None:
         """A worker thread: ask for classes until none are left or the run stops."""
@@ -461,19 +568,20 @@ class DescribeRun:
         self.tally.add(o)
         usage = {"prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens, "requests": o.calls}
         if o.descriptions is not None:
+            sent_temperature = o.shape is None or o.shape.send_temperature
             append_record(self.plan.out, DescriptionRecord(
                 o.category, o.descriptions, self.cfg.model, self.plan.prompt.file, self.plan.prompt.sha256,
-                self.cfg.temperature, usage=usage))
+                self.cfg.temperature if sent_temperature else None, usage=usage, request=self._sent(o.shape)))
             self.tally.done += 1
         elif o.fatal:  # not this class's fault, so no failure record: the class simply stays undone
             self._stop_run(o.error or "unknown error", _fatal_hint(o.status))
         elif not o.stopped:
-            self._fail(o.category, o.error or "unknown error", usage)
+            self._fail(o.category, o.error or "unknown error", usage, self._sent(o.shape))
 
-    def _fail(self, category: str, reason: str, usage: dict[str, int]) -> None:
+    def _fail(self, category: str, reason: str, usage: dict[str, int], request: dict[str, object] | None) -> None:
         """Record a class the run gave up on; stop when no class has worked at all yet."""
         append_record(self.plan.out, FailedRecord(category, reason, self.cfg.model, self.plan.prompt.file,
-                                                  self.plan.prompt.sha256, usage=usage))
+                                                  self.plan.prompt.sha256, usage=usage, request=request))
         self.tally.failed[category] = reason
         warn(f"{category!r} failed: {reason}")
         if self.tally.done == 0 and len(self.tally.failed) == EARLY_FAILURES_STOP:

@@ -1,1 +1,1 @@
-"""Evaluation: feature extraction, zero-shot classification and linear probing (SPEC §3.5)."""
+"""Evaluation: feature extraction, zero-shot classification and linear probing (docs/method.md §6)."""

@@ -1,10 +1,12 @@
-"""Zero-shot and linear-probe evaluation protocols (SPEC §3.5).
+"""Zero-shot and linear-probe evaluation protocols (docs/method.md §6).
 
 Zero-shot: the classifier is built exactly like the category concept bank (same templates,
 L2-normalise, average, re-normalise; readable class names); each view's softmax over CLIP's
 logit scale x cosine is averaged over views; top-1/top-5 per split, mean ± std over splits.
-Linear probe: frozen features, logistic regression with L2 chosen on a held-out part of each
-split's train set (`lss_cli.eval.linear_probe`). In both, an unreadable test video counts as an
+Linear probe (CLIP's protocol by default, `lss_cli.eval.linear_probe`): frozen pre-projection
+features, logistic regression with the L2 strength searched over [1e-6, 1e6] on a validation part
+of each split's train set that keeps source groups together (`source_group`), then refit on all
+of the train set. In both, an unreadable test video counts as an
 error and is listed; nothing is dropped silently. Unreadable train videos cannot be fitted on:
 they are left out of the fit and listed.
 Direction accuracy, when time-reversal class pairs are in effect (`lss_cli.eval.pairs`): of the
@@ -26,10 +28,10 @@ import torch
 
 from lss_cli.concepts.templates import load_templates
 from lss_cli.config import EvalConfig, to_dict
-from lss_cli.data.datasets import VideoList, load_dataset
+from lss_cli.data.datasets import VideoList, load_dataset, source_group
 from lss_cli.errors import ConfigError, LssError
 from lss_cli.eval.features import Features, Views, extract_features
-from lss_cli.eval.linear_probe import linear_probe
+from lss_cli.eval.linear_probe import COARSE_STEP, FINE_STEP, MAX_ITER, linear_probe
 from lss_cli.eval.metrics import (
     confusion_matrix,
     direction_accuracy,
@@ -211,15 +213,60 @@ def linear_probe_split(ctx: EvalContext, split: str) -> dict[str, Any]:
     if int(fit.sum()) < 2:
         raise LssError(f"split {split}: only {int(fit.sum())} of {len(train)} training videos are readable",
                        hint="check the training videos with `lss data check`")
-    result = linear_probe(xtr[fit], ytr[fit], xte, yte, len(test.classes), seed=0)
+    cfg = ctx.cfg
+    groups = _group_ids(cfg.dataset, train)[fit]  # [N_fit]
+    result = linear_probe(xtr[fit], ytr[fit], xte, yte, len(test.classes), groups=groups, seed=0,
+                          val_split=cfg.probe_val_split, l2_range=cfg.probe_l2_range, standardize=cfg.probe_standardize)
     pred = torch.where(fte.ok, result.predictions, torch.full_like(yte, -1))
     correct = (pred == yte) & fte.ok
     return _split_record(split, test, fte, pred, correct, {
         **_direction(ctx, test, result.logits, fte.ok),
         "l2": result.l2, "val_curve": {str(k): v for k, v in result.val_curve.items()},
+        "val_videos": result.val_videos, "val_groups": result.val_groups,
         "features": kind, "train_videos_listed": len(train), "train_videos_used": int(fit.sum()),
         "train_videos_decoded": ftr.decoded, "train_unreadable": _unreadable(train, ftr),
         "predictions": pred.tolist()})
+
+
+def _group_ids(dataset: str, videos: VideoList) -> torch.Tensor:
+    """[N] int64: one id per source group of `videos` (`source_group`), numbered in order of appearance."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(source_group(dataset, videos.relpath(i)), len(ids)) for i in range(len(videos))],
+                        dtype=torch.int64)
+
+
+PROBE_GROUPS = {  # dataset -> what a validation group is (`source_group`)
+    "ucf101": "UCF101 group gNN (one source video), the same group numbers held out in every class",
+    "hmdb51": "HMDB51 source title and action (the file name without its meta tags and clip index)",
+    "synthetic": "clip index (a clip and its time-reversed mate stay together)",
+}
+
+
+def _probe_details(cfg: EvalConfig) -> dict[str, Any]:
+    """How the linear probe was fitted, in words and values (results.json `protocol_details`)."""
+    lo, hi = cfg.probe_l2_range
+    if cfg.probe_val_split == "grouped":
+        split = ("grouped: about 20% of each class's training videos held out as whole groups, so no group "
+                 f"is on both sides; every class keeps training videos; seed 0; groups: "
+                 f"{PROBE_GROUPS.get(cfg.dataset, 'each video its own group')}")
+    else:
+        split = "stratified: 20% of each class's training videos held out one by one (groups ignored); seed 0"
+    return {
+        "features": cfg.features,
+        "features_meaning": "pre-projection: the image tower's pooled token after ln_post, averaged over frames "
+                            "(CLIP's linear probes)" if cfg.features == "pre-proj"
+                            else "projected: the L2-normalised embedding in CLIP's joint space",
+        "standardize": cfg.probe_standardize,
+        "standardization": "features z-scored with the training videos' mean and std" if cfg.probe_standardize
+                           else "none (features as the encoder gives them, as in CLIP)",
+        "val_split": split,
+        "l2_range": [lo, hi],
+        "l2_search": f"lambda (= 1/C: sum of cross-entropies + lambda/2 ||W||^2, bias unpenalised) at every "
+                     f"{COARSE_STEP:g} decades from {lo:g} to {hi:g}, then the step around the best halved until "
+                     f"{FINE_STEP:g} decade (CLIP's parametric search); ties go to the stronger lambda",
+        "classifier": f"multinomial logistic regression, full-batch L-BFGS (at most {MAX_ITER} iterations); "
+                      "refit on all training videos with the chosen lambda, scored once on the test videos",
+    }
 
 
 def _protocol_details(ctx: EvalContext, protocol: str) -> dict[str, Any]:
@@ -236,9 +283,7 @@ def _protocol_details(ctx: EvalContext, protocol: str) -> dict[str, Any]:
                        templates={"name": t.name, "version": t.version, "sha256": t.sha256, "path": t.path,
                                   "templates": list(t.templates)})
     else:
-        details.update(aggregation="features averaged over views", features=ctx.cfg.features,
-                       classifier="multinomial logistic regression (L-BFGS); L2 chosen on 20% of train "
-                                  "held out per class, then refit on all of train")
+        details.update(aggregation="features averaged over views", **_probe_details(ctx.cfg))
     if ctx.pairs is not None:
         scores = "view-averaged probabilities" if protocol == "zero-shot" else "probe logits"
         details["direction"] = {

@@ -110,6 +110,12 @@ def write_plots(results: dict[str, Any], run_dir: Path, prefix: str = "") -> lis
         return []
 
 
+# Beyond these many classes a plot shows a readable selection; results.json holds every number.
+PER_CLASS_SHOWN = 25  # best and worst classes each, in the per-class chart
+LABELLED_CONFUSION = 30  # classes up to which the confusion matrix is drawn with labels
+TOP_CONFUSIONS = 20  # confusion pairs charted beyond that
+
+
 def _write_plots(results: dict[str, Any], run_dir: Path, prefix: str) -> list[str]:
     try:  # matplotlib is an optional extra, so it is imported here and not at the top
         import matplotlib  # noqa: PLC0415
@@ -122,38 +128,82 @@ def _write_plots(results: dict[str, Any], run_dir: Path, prefix: str) -> list[st
     for s in results["splits"]:
         tag = results["protocol"] if s["split"] == "-" else f"{results['protocol']}-split{s['split']}"
         tag = f"{prefix}{tag}"
-        names = list(s["per_class_top1"])
-        acc = [v if v is not None else 0.0 for v in s["per_class_top1"].values()]
-        fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(names)), 4))
-        ax.bar(range(len(names)), acc)
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6 if len(names) > 30 else 8)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("top-1")
-        ax.set_title(f"{results['dataset']} {tag}: mean {s['top1']:.3f}")
-        fig.tight_layout()
-        path = run_dir / f"per_class_{tag}.png"
-        _save_figure(fig, path)
-        plt.close(fig)
-        written.append(str(path))
-        written.append(_confusion_plot(plt, s, results["dataset"], tag, run_dir))
+        title = f"{results['dataset']} {tag}"
+        written.append(_per_class_plot(plt, s, title, run_dir / f"per_class_{tag}.png"))
+        if len(s["classes"]) <= LABELLED_CONFUSION:
+            written.append(_confusion_plot(plt, s, title, run_dir / f"confusion_{tag}.png"))
+        else:
+            written.append(_top_confusions_plot(plt, s, title, run_dir / f"top_confusions_{tag}.png"))
     return written
 
 
-def _confusion_plot(plt, s: dict[str, Any], dataset: str, tag: str, run_dir: Path) -> str:
+def per_class_rows(per_class: dict[str, float | None], shown: int = PER_CLASS_SHOWN) -> list[tuple[str, float]]:
+    """(class, top-1) best first; with more than 2 x `shown` classes only the `shown` best and the
+    `shown` worst, so 101 or 600 classes still give a chart whose labels can be read."""
+    rows = sorted(((name, acc if acc is not None else 0.0) for name, acc in per_class.items()),
+                  key=lambda r: (-r[1], r[0]))
+    return rows if len(rows) <= 2 * shown else rows[:shown] + rows[-shown:]
+
+
+def top_confusions(confusion: list[list[int]], classes: list[str], n: int = TOP_CONFUSIONS) -> list[dict[str, Any]]:
+    """The `n` largest off-diagonal cells of a [K, K+1] confusion matrix (last column: unreadable),
+    as {true, predicted, count, share of the true class's videos}, largest first."""
+    cm = np.array(confusion, dtype=float)
+    totals = np.maximum(cm.sum(1), 1)
+    labels = [*classes, "unreadable"]
+    cells = [(cm[i, j], i, j) for i in range(cm.shape[0]) for j in range(cm.shape[1]) if i != j and cm[i, j] > 0]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [{"true": labels[i], "predicted": labels[j], "count": int(c), "share": float(c / totals[i])}
+            for c, i, j in cells[:n]]
+
+
+def _per_class_plot(plt, s: dict[str, Any], title: str, path: Path) -> str:
+    rows = per_class_rows(s["per_class_top1"])
+    k = len(s["per_class_top1"])
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.22 * len(rows) + 1)))
+    ax.barh(range(len(rows)), [acc for _, acc in rows])
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
+    ax.invert_yaxis()  # best at the top
+    if len(rows) < k:  # a line between the best and the worst
+        ax.axhline(len(rows) / 2 - 0.5, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("top-1")
+    shown = f"best and worst {len(rows) // 2} of {k} classes" if len(rows) < k else f"{k} classes"
+    ax.set_title(f"{title}: mean {s['top1']:.3f} ({shown})", fontsize=10)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+    return str(path)
+
+
+def _top_confusions_plot(plt, s: dict[str, Any], title: str, path: Path) -> str:
+    pairs = top_confusions(s["confusion"], s["classes"])
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.3 * len(pairs) + 1)))
+    ax.barh(range(len(pairs)), [p["share"] for p in pairs])
+    ax.set_yticks(range(len(pairs)), [f"{p['true']} \u2192 {p['predicted']} ({p['count']})" for p in pairs],
+                  fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("share of the true class's videos")
+    ax.set_title(f"{title}: the {len(pairs)} largest confusions of {len(s['classes'])} classes", fontsize=10)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+    return str(path)
+
+
+def _confusion_plot(plt, s: dict[str, Any], title: str, path: Path) -> str:
     cm = np.array(s["confusion"], dtype=float)  # [K, K+1], last column = unreadable
     cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     k = cm.shape[0]
-    fig, ax = plt.subplots(figsize=(max(5, 0.12 * k), max(4, 0.12 * k)))
+    fig, ax = plt.subplots(figsize=(max(5, 0.25 * k + 2), max(4, 0.25 * k + 1.5)))
     im = ax.imshow(cm, vmin=0, vmax=1, cmap="viridis")
-    if k <= 30:
-        ax.set_yticks(range(k), s["classes"], fontsize=7)
-        ax.set_xticks(range(k + 1), [*s["classes"], "unreadable"], rotation=90, fontsize=7)
+    ax.set_yticks(range(k), s["classes"], fontsize=7)
+    ax.set_xticks(range(k + 1), [*s["classes"], "unreadable"], rotation=90, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{dataset} {tag} confusion")
+    ax.set_title(f"{title} confusion")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    path = run_dir / f"confusion_{tag}.png"
     _save_figure(fig, path)
     plt.close(fig)
     return str(path)

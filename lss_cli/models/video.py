@@ -1,4 +1,4 @@
-"""The video encoder: an open_clip ViT image tower given temporal modelling (SPEC §3.1).
+"""The video encoder: an open_clip ViT image tower given temporal modelling (docs/method.md §1).
 
 The tower is used as a library of pretrained pieces (patch conv, class/position embeddings,
 `ln_pre`, residual blocks, `ln_post`, `proj`); the forward pass is our own so that

@@ -15,7 +15,7 @@ from lss_cli.runtime.progress import warn
 
 def _inductor_workarounds() -> None:
     # torch 2.11: compiling the 96-px tower crashed in tiling_utils.get_pw_red_splits (AssertionError);
-    # disabling coalesce tiling analysis avoided it (SPEC §5). Harmless where the option is absent.
+    # disabling coalesce tiling analysis avoided it. Harmless where the option is absent.
     try:
         # A private module (absent in some builds): imported inside the guard, not at the top.
         import torch._inductor.config as inductor_config  # noqa: PLC0415

@@ -23,7 +23,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-stderr_console = Console(stderr=True, markup=False, highlight=False)
+stderr_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)  # a log file gets whole lines
 
 _quiet = False
 

@@ -1,4 +1,4 @@
-"""Run directories (SPEC §2): `runs/<command>/<timestamp>[-name]/` with config.yaml and env.json.
+"""Run directories: `runs/<command>/<timestamp>[-name]/` with config.yaml and env.json.
 
 A default run dir is created atomically (mkdir without exist_ok), with a `-2`, `-3`, ... suffix when
 another run took the name in the same second; under torch.distributed rank 0 chooses and the other

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import Progress, TaskID
+from rich.progress import Progress, TaskID, TextColumn
 
 from lss_cli.config import TrainConfig, dump_yaml, to_dict
 from lss_cli.data.loader import TrainLoader, build_train_loader
@@ -38,7 +38,7 @@ from lss_cli.runtime.device import resolve_device
 from lss_cli.runtime.dist import DistInfo, all_reduce_mean_, barrier, cleanup, init_distributed
 from lss_cli.runtime.metrics import MetricsWriter, read_metrics
 from lss_cli.runtime.outputs import write_text_atomic
-from lss_cli.runtime.progress import log, make_progress
+from lss_cli.runtime.progress import log, make_progress, progress_enabled
 from lss_cli.runtime.rundir import make_run_dir, write_run_files
 from lss_cli.runtime.seeding import seed_everything
 from lss_cli.train.build import Components, build_components, load_clip_and_bank
@@ -70,6 +70,9 @@ class Trainer(Components):
     stop_requested: bool = False  # set by a stop signal; honoured between steps
     resume_from: Checkpoint | None = None  # chosen (and checked) by setup, applied by _resume
     config_changed: bool = False  # a resume whose config change run.allow_config_change accepted
+    started: float = 0.0  # perf_counter when this process began its steps (wall time, ETA)
+    first_step: int = 0  # the step this process began at (> 0 when resumed)
+    last_record: dict[str, Any] | None = None  # the newest metrics.jsonl line (the summary's final loss)
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,7 +100,8 @@ def train_one_epoch(t: Trainer, epoch: int, progress: Progress, task: TaskID) ->
         progress.update(task, advance=1)
         if t.step % cfg.log.every == 0 or t.step == len(t.schedules):
             elapsed = time.perf_counter() - tic
-            _log_step(t, epoch, parts, clips * t.dist.world_size / max(elapsed, 1e-9))
+            record = _log_step(t, epoch, parts, clips * t.dist.world_size / max(elapsed, 1e-9))
+            _show_step(t, record, progress, task)
             tic, clips = time.perf_counter(), 0
         if t.step % cfg.log.save_every == 0 or t.stop_requested:
             _save(t)
@@ -129,7 +133,8 @@ def _reduce_parts(parts: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(keys, stacked.tolist(), strict=True))
 
 
-def _log_step(t: Trainer, epoch: int, parts: dict[str, torch.Tensor], clips_per_s: float) -> None:
+def _log_step(t: Trainer, epoch: int, parts: dict[str, torch.Tensor], clips_per_s: float) -> dict[str, Any]:
+    """Write the step's metrics.jsonl line (every rank reduces the parts; rank 0 writes); returns it."""
     values = _reduce_parts(parts)
     if not math.isfinite(values["loss"]):
         lr = float(t.schedules.lr[t.step - 1])
@@ -148,6 +153,49 @@ def _log_step(t: Trainer, epoch: int, parts: dict[str, torch.Tensor], clips_per_
         record["gpu_mem_gib"] = torch.cuda.max_memory_allocated(t.device) / 2**30
     if t.metrics is not None:
         t.metrics.write(record)
+    t.last_record = record
+    return record
+
+
+# The loss terms a log line shows, in the method's order (metrics.jsonl holds every part).
+SHOWN_PARTS = ("cd_category", "cd_description", "ca", "uniform")
+
+
+def _show_step(t: Trainer, record: dict[str, Any], progress: Progress, task: TaskID) -> None:
+    """The step in the terminal's progress bar, or, when stderr is a file (a SLURM log, `2> log`),
+    as a plain line: a run redirected to a file shows its progress there."""
+    if not t.dist.is_main:
+        return
+    progress.update(task, loss=f"loss {record['loss']:.4f}")
+    if not progress_enabled(t.dist.rank):
+        log(step_line(record, len(t.schedules), eta_s=_eta(t)))
+
+
+def _eta(t: Trainer) -> float | None:
+    done = t.step - t.first_step
+    if done < 1:
+        return None
+    return (time.perf_counter() - t.started) / done * (len(t.schedules) - t.step)
+
+
+def step_line(record: dict[str, Any], total_steps: int, eta_s: float | None) -> str:
+    """One plain log line of a metrics record: step/total, loss and its parts, lr, clips/s, ETA, GPU memory."""
+    parts = ", ".join(f"{k} {record[k]:.4f}" for k in SHOWN_PARTS if k in record)
+    line = (f"step {record['step']}/{total_steps} epoch {record['epoch']} | loss {record['loss']:.4f} ({parts}) | "
+            f"lr {record['lr']:.3g} | {record['clips_per_s']:.1f} clips/s")
+    if eta_s is not None:
+        line += f" | ETA {_duration(eta_s)}"
+    if "gpu_mem_gib" in record:
+        line += f" | gpu {record['gpu_mem_gib']:.1f} GiB"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    """1h02m, 4m05s, 12s: what a person reads at a glance."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def _save(t: Trainer) -> None:
@@ -165,8 +213,9 @@ def _save(t: Trainer) -> None:
 
 def run_epochs(t: Trainer) -> None:
     total = len(t.schedules)
-    with make_progress(t.dist.rank) as progress:
-        task = progress.add_task("train", total=total, completed=t.step)
+    t.started, t.first_step = time.perf_counter(), t.step
+    with make_progress(t.dist.rank, TextColumn("{task.fields[loss]}", markup=False)) as progress:
+        task = progress.add_task("train", total=total, completed=t.step, loss="")
         for epoch in range(t.step // t.iters_per_epoch, t.cfg.optim.epochs):
             train_one_epoch(t, epoch, progress, task)
             if t.stop_requested:  # Ctrl-C while the loader was stopping: the step count is whole
@@ -274,6 +323,14 @@ def _stop_on_signals(t: Trainer) -> Iterator[None]:
             signal.signal(getattr(signal, name), handler)
 
 
+def _throughput(t: Trainer) -> dict[str, Any]:
+    """The summary's numbers: the last logged loss, this process's wall time and clips per second."""
+    wall = time.perf_counter() - t.started
+    clips = (t.step - t.first_step) * t.accum * t.cfg.data.batch_size * t.dist.world_size
+    return {"final_loss": round(t.last_record["loss"], 4) if t.last_record else None,
+            "wall_s": round(wall, 1), "clips_per_s": round(clips / wall, 1) if wall > 0 else None}
+
+
 def _as_recorded(cfg: TrainConfig) -> TrainConfig:
     """The config.yaml of a run, without the one-time permissions of the command that started it:
     passing the file back (`lss train RUN/config.yaml --resume`) must not accept a config change
@@ -303,7 +360,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         with _stop_on_signals(t):
             run_epochs(t)
         return {"is_main": t.dist.is_main, "run_dir": str(t.run_dir), "steps": t.step,
-                "skipped_videos": t.loader.skipped_total,
+                **_throughput(t), "skipped_videos": t.loader.skipped_total,
                 "checkpoint": str(latest_checkpoint(t.run_dir / "checkpoints"))}
     except KeyboardInterrupt:
         if t is None or not t.stop_requested:  # Ctrl-C before the loop took over the stop signals

@@ -1,4 +1,4 @@
-"""LSS objectives (SPEC §3.4): concept distillation, concept alignment, uniform prior, centring.
+"""LSS objectives (docs/method.md §4): concept distillation, concept alignment, uniform prior, centring.
 
 Everything here is pure tensor maths: embeddings and banks in, a scalar loss and a dict of parts out.
 All scores, softmaxes and logs run in float32 with autocast off: teacher temperatures are ~0.004
@@ -13,6 +13,12 @@ Concept alignment works on the aligned subset of the banks: descriptions with an
 without descriptions) and unowned extra sentences have nothing to align with; they still take
 part in concept distillation. The CA distributions are renormalised over that subset, i.e. they
 are softmaxes over the subset's scores (the same teacher centre and temperature as CD).
+
+Batch independence: the centre moves once per optimizer step, by the mean teacher score of the
+whole step (all micro-batches and ranks), and with prior_scope="step" the uniform prior is one
+KL over the mean prediction of every student view and clip of the step. Then N micro-batches of
+B clips, on one rank or several, give the losses and gradients of one batch of N x B
+(`StepStats`; lss_cli/train/step.py gathers them before the step's backward passes).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -32,6 +39,25 @@ from lss_cli.runtime.dist import is_distributed
 Temp = float | torch.Tensor  # a Python float or a 0-dim tensor (no recompiles when it changes)
 CA_DIRECTIONS = ("both", "desc_to_cat", "cat_to_desc")
 CA_AGGREGATIONS = ("sum", "mean")
+# "view": KL(mean p || uniform) per student view and micro-batch; "step": one KL of the mean over
+# every student view, clip, micro-batch and rank of the optimizer step (batch-independent).
+PRIOR_SCOPES = ("view", "step")
+
+
+class StepStats(NamedTuple):
+    """What the loss of one micro-batch needs from its whole optimizer step (all micro-batches, all
+    ranks), so that N micro-batches of B clips train like one batch of N x B (`LSSLoss.step_stats`).
+
+    teacher_mean [K + M]: mean teacher score (the centre's input); prior_sum [K]: the step's sum of
+    student category probabilities over every view and clip (detached; zeros unless prior_scope is
+    "step"); prior_count (0-dim): how many predictions that sum holds; grad_scale: micro-batches x
+    ranks the step's gradient is averaged over (the pooled prior's gradient undoes that average).
+    """
+
+    teacher_mean: torch.Tensor
+    prior_sum: torch.Tensor
+    prior_count: torch.Tensor
+    grad_scale: float
 
 
 # ---- elementary pieces -----------------------------------------------------------------------
@@ -76,6 +102,23 @@ def uniform_prior(log_p: torch.Tensor) -> torch.Tensor:
     return (log_mean.exp() * (log_mean + math.log(k))).sum(dim=-1).mean()
 
 
+def pooled_uniform_prior(log_p: torch.Tensor, prior_sum: torch.Tensor, count: torch.Tensor,
+                         grad_scale: float) -> torch.Tensor:
+    """KL(p_bar || uniform), p_bar the mean prediction over a whole optimizer step; log_p [V, B, K].
+
+    prior_sum [K] is the step's detached sum of p over every view, clip, micro-batch and rank (this
+    micro-batch included), count the number of predictions in it. The value is the pooled one; the
+    gradient reaches this micro-batch's own predictions only, scaled by `grad_scale` (micro-batches
+    x ranks) because the step averages the micro-batches' gradients and DDP the ranks'. Summed over
+    the step, the gradient is d KL(p_bar || uniform) exactly (tests/test_batch_independence.py).
+    """
+    own = log_p.exp().sum(dim=(0, 1))  # [K]
+    total = prior_sum + grad_scale * (own - own.detach())  # [K]: value prior_sum, gradient grad_scale x own's
+    mean = total / count
+    log_mean = mean.clamp_min(torch.finfo(mean.dtype).tiny).log()  # a category nobody predicts adds 0, not nan
+    return (mean * (log_mean + math.log(log_p.shape[-1]))).sum()
+
+
 def aggregate_probs(p: torch.Tensor, owner_onehot: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
     """Description probabilities [..., M'] -> category probabilities [..., K'].
 
@@ -112,21 +155,27 @@ def aggregate_log_probs(log_p: torch.Tensor, owner: torch.Tensor, owner_onehot: 
 class LSSLoss(nn.Module):
     """Total LSS loss over the two concept banks, with the teacher centres as buffers.
 
-    forward(student_z [V_s, B, D], teacher_z [V_g, B, D], student_temp, teacher_temp)
+    forward(student_z [V_s, B, D], teacher_z [V_g, B, D], student_temp, teacher_temp, step=None)
       -> (loss scalar, parts dict of detached 0-dim float32 tensors; no host sync).
-    The centres are updated after the loss (DINO order: the loss uses the centre from before
-    this batch), all-reduced across ranks when torch.distributed is initialised. The temperatures
-    are per-step values the caller passes in (`Schedules.temperatures`): the loss keeps the
-    weights and the centring, the schedules the temperatures.
+    `step` (`StepStats`) carries what the loss needs from the rest of its optimizer step (the
+    teacher's mean score, the pooled prior's sums); without it the call is a step of its own.
+    The centre is updated once per optimizer step from the step's mean teacher score over all
+    micro-batches and ranks (DINO order: the step's losses use the centre from before it); the
+    training step calls `update_center` after the optimizer step, a stand-alone call does it
+    itself. The temperatures are per-step values the caller passes in (`Schedules.temperatures`):
+    the loss keeps the weights and the centring, the schedules the temperatures.
     """
 
     def __init__(self, category: torch.Tensor, description: torch.Tensor, description_owner: torch.Tensor, *,
                  center_momentum: float = 0.9, w_cd: float = 1.0, w_ca: float = 1.0, w_u: float = 0.1,
-                 ca_aggregation: str = "sum", ca_direction: str = "both", center_init: str = "first_batch"):
+                 ca_aggregation: str = "sum", ca_direction: str = "both", center_init: str = "first_batch",
+                 prior_scope: str = "step"):
         super().__init__()
         if center_init not in ("zero", "first_batch"):
             raise LssError(f"bad center_init {center_init!r}", hint="zero | first_batch")
-        self.center_init = center_init
+        if prior_scope not in PRIOR_SCOPES:
+            raise LssError(f"bad prior_scope {prior_scope!r}", hint=" | ".join(PRIOR_SCOPES))
+        self.center_init, self.prior_scope = center_init, prior_scope
         _check_bank(category, description, description_owner)
         if ca_aggregation not in CA_AGGREGATIONS or ca_direction not in CA_DIRECTIONS:
             raise LssError(f"bad concept-alignment options {ca_aggregation!r} / {ca_direction!r}",
@@ -149,10 +198,11 @@ class LSSLoss(nn.Module):
     @classmethod
     def from_config(cls, bank: Mapping[str, torch.Tensor], cfg: LossConfig) -> LSSLoss:
         """Build from a bank ({category, description, description_owner}) and a LossConfig (its
-        weights and centring options; its temperatures are the schedules')."""
+        weights, centring and prior options; its temperatures are the schedules')."""
         return cls(bank["category"], bank["description"], bank["description_owner"],
                    center_momentum=cfg.center_momentum, w_cd=cfg.w_cd, w_ca=cfg.w_ca, w_u=cfg.w_u,
-                   ca_aggregation=cfg.ca_aggregation, ca_direction=cfg.ca_direction, center_init=cfg.center_init)
+                   ca_aggregation=cfg.ca_aggregation, ca_direction=cfg.ca_direction, center_init=cfg.center_init,
+                   prior_scope=cfg.prior_scope)
 
     def _register_alignment(self, owner: torch.Tensor, num_categories: int) -> None:
         """Index the aligned subset: owned descriptions and the categories that own them."""
@@ -199,16 +249,21 @@ class LSSLoss(nn.Module):
         return terms
 
     def forward(self, student_z: torch.Tensor, teacher_z: torch.Tensor, student_temp: Temp, teacher_temp: Temp,
-                update_center: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """student_z [V_s, B, D], teacher_z [V_g, B, D] (both L2-normalised) -> (loss, parts)."""
+                update_center: bool = True, step: StepStats | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """student_z [V_s, B, D], teacher_z [V_g, B, D] (both L2-normalised) -> (loss, parts).
+
+        `step`: the statistics of the whole optimizer step this micro-batch belongs to (None: this
+        call is the step, on every rank). `update_center`: move the centre by the step's mean
+        teacher score after the loss (the training step passes False and calls `update_center`
+        once, after the optimizer step)."""
         with torch.autocast(student_z.device.type, enabled=False):
             teacher_z = teacher_z.detach()  # stop-gradient: the teacher is an EMA, never trained
+            if step is None:  # one all-reduce (under torch.distributed)
+                step = self.step_stats(self.step_sums(teacher_z, student_z, student_temp), micro_batches=1)
             t_cat, t_desc = self.scores(teacher_z)  # [V_g, B, K], [V_g, B, M]
             s_cat, s_desc = self.scores(student_z)  # [V_s, B, K], [V_s, B, M]
             weights = pair_mask(teacher_z.shape[0], student_z.shape[0], student_z.device)  # [V_g, V_s]
-            batch_mean = self._batch_mean(t_cat, t_desc) \
-                if update_center or self.center_init == "first_batch" else None  # [K + M], one all-reduce
-            c_cat, c_desc = self._current_centers(batch_mean)
+            c_cat, c_desc = self._current_centers(step.teacher_mean)
             tc_cat, tc_desc = t_cat - c_cat, t_desc - c_desc
             p_cat = torch.softmax(tc_cat / teacher_temp, dim=-1)
             p_desc = torch.softmax(tc_desc / teacher_temp, dim=-1)
@@ -216,7 +271,7 @@ class LSSLoss(nn.Module):
             parts = {"cd_category": cross_entropy_pairs(p_cat, log_s_cat, weights),
                      "cd_description": cross_entropy_pairs(
                          p_desc, torch.log_softmax(s_desc / student_temp, dim=-1), weights),
-                     "uniform": uniform_prior(log_s_cat)}
+                     "uniform": self._prior(log_s_cat, step)}
             ca_terms = self._alignment(tc_cat, tc_desc, s_cat, s_desc, student_temp, teacher_temp, weights) \
                 if self.w_ca > 0 else {}
             parts.update(ca_terms)
@@ -228,18 +283,49 @@ class LSSLoss(nn.Module):
             parts = {k: v.detach() for k, v in parts.items()}
             parts.update(_collapse_diagnostics(p_cat, p_desc))
         if update_center:
-            self._update_center(batch_mean)
+            self.update_center(step.teacher_mean)
         return loss, parts
 
+    def _prior(self, log_s_cat: torch.Tensor, step: StepStats) -> torch.Tensor:
+        """The uniform prior in this loss's scope; log_s_cat [V_s, B, K]."""
+        if self.prior_scope == "step":
+            return pooled_uniform_prior(log_s_cat, step.prior_sum, step.prior_count, step.grad_scale)
+        return uniform_prior(log_s_cat)
+
+    # ---- the optimizer step's statistics ----
+
     @torch.no_grad()
-    def _batch_mean(self, teacher_cat: torch.Tensor, teacher_desc: torch.Tensor) -> torch.Tensor:
-        """[K + M] mean teacher score over all views, clips and ranks."""
-        batch = torch.cat([teacher_cat.float().flatten(0, -2).sum(0), teacher_desc.float().flatten(0, -2).sum(0)])
-        count = teacher_cat[..., 0].numel()
+    def step_sums(self, teacher_z: torch.Tensor, student_z: torch.Tensor | None, student_temp: Temp) -> torch.Tensor:
+        """One micro-batch's share of `StepStats`, on this rank: [K + M + 1 + K + 1] = (teacher score
+        sum over views and clips, their count, student category probability sum, its count).
+
+        The student part is zeros unless prior_scope is "step" (then `student_z` is required);
+        add the micro-batches' sums and pass the total to `step_stats`."""
+        with torch.autocast(teacher_z.device.type, enabled=False):
+            t_cat, t_desc = self.scores(teacher_z)  # [V_g, B, K], [V_g, B, M]
+            t_count = t_cat.new_full((1,), t_cat[..., 0].numel())
+            k = t_cat.shape[-1]
+            if self.prior_scope == "step":
+                p = torch.softmax(self.scores(student_z)[0] / student_temp, dim=-1)  # [V_s, B, K]
+                s_sum, s_count = p.sum(dim=(0, 1)), t_cat.new_full((1,), p[..., 0].numel())
+            else:
+                s_sum, s_count = t_cat.new_zeros(k), t_cat.new_zeros(1)
+            return torch.cat([t_cat.sum(dim=(0, 1)), t_desc.sum(dim=(0, 1)), t_count, s_sum, s_count])
+
+    @torch.no_grad()
+    def step_stats(self, sums: torch.Tensor, micro_batches: int) -> StepStats:
+        """`StepStats` from this rank's summed `step_sums` over its `micro_batches` micro-batches:
+        one all-reduce under torch.distributed (the sums of every rank), no host sync."""
+        world = 1
         if is_distributed():
-            torch.distributed.all_reduce(batch)
-            count *= torch.distributed.get_world_size()
-        return batch / count
+            sums = sums.clone()
+            torch.distributed.all_reduce(sums)
+            world = torch.distributed.get_world_size()
+        km = self.center_category.shape[0] + self.center_description.shape[0]
+        k = self.center_category.shape[0]
+        teacher_mean = sums[:km] / sums[km]
+        prior_sum, prior_count = sums[km + 1:km + 1 + k], sums[km + 1 + k]
+        return StepStats(teacher_mean, prior_sum, prior_count.clamp_min(1.0), float(micro_batches * world))
 
     @torch.no_grad()
     def _current_centers(self, mean: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,9 +339,10 @@ class LSSLoss(nn.Module):
                 torch.where(ready, self.center_description, mean[k:]))
 
     @torch.no_grad()
-    def _update_center(self, batch: torch.Tensor) -> None:
-        """c <- m c + (1 - m) batch, `batch` the mean teacher score over all views and ranks; no
-        host sync. With center_init="first_batch" the first update sets c to the batch mean."""
+    def update_center(self, batch: torch.Tensor) -> None:
+        """c <- m c + (1 - m) batch, `batch` [K + M] the step's mean teacher score over all views,
+        clips, micro-batches and ranks (`StepStats.teacher_mean`); no host sync. With
+        center_init="first_batch" the first update sets c to that mean."""
         k = self.center_category.shape[0]
         m = self.center_momentum
         if self.center_init == "first_batch":

@@ -46,6 +46,23 @@ OLD_RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "events.out.tfevents.*", "con
 # --------------------------------------------------------------------------------------------
 
 
+def resume_inputs(config: Path | None, output_dir: str | Path | None,
+                  resume: bool) -> tuple[Path | None, str | Path | None]:
+    """(config file, run dir) of `lss train`: with --resume, a run dir given as the config
+    (`lss train RUN --resume`) or as --output-dir alone (`lss train --resume -o RUN`) stands for the
+    run's own config.yaml, so a resume needs no more than the run dir (overrides on top are checked
+    against the checkpoint's config like any resume)."""
+    if config is not None and config.is_dir():
+        if not resume:
+            raise ConfigError(f"{config} is a directory, not a config file",
+                              hint=f"to continue the run in it: lss train {config} --resume")
+        return config / "config.yaml", output_dir or config
+    if resume and config is None and output_dir is not None and (Path(output_dir) / "config.yaml").is_file():
+        return Path(output_dir) / "config.yaml", output_dir
+    return config, output_dir
+
+
+
 def choose_checkpoint(run_dir: Path, *, announce: bool) -> Checkpoint:
     """The newest intact checkpoint of `run_dir` (loaded on the CPU); `announce`: warn about the
     ones skipped (rank 0 only, so a multi-process run says it once)."""

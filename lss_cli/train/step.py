@@ -6,12 +6,20 @@ The step runs on a run's `Components` (`lss_cli.train.build`) alone, so the epoc
 per-step value (lrs, weight decay, EMA momentum, both temperatures) comes from the schedules.
 Augmentation randomness is a function of (seed, rank, step, micro-batch), so a resumed run
 replays it exactly.
+
+Batch independence: one step over N micro-batches of B clips (on one rank or several) trains like
+one batch of N x B. The losses of every micro-batch use the step's statistics (`StepStats`: the
+mean teacher score for the centre, the pooled prior's sums), so with N > 1 a statistics pass runs
+first: the teacher on each micro-batch (its outputs are kept for the loss) and, for
+loss.prior_scope=step, a no-grad student forward (the one extra cost, ~1 forward of N). The views
+are made again for the backward pass (their randomness is seeded, so they are the same views).
+The centre moves once, after the optimizer step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -20,6 +28,7 @@ from lss_cli.data.augment import make_train_views
 from lss_cli.runtime.seeding import sample_seed
 from lss_cli.train.build import Components, Forward
 from lss_cli.train.ema import ema_update
+from lss_cli.train.losses import StepStats, Temp
 
 # (global views [B, V_g, T, 3, G, G], local views [B, V_l, T_l, 3, L, L] or a list of one
 # [B, T_i, 3, L, L] per view when the local views have different frame counts), float on the device
@@ -41,27 +50,56 @@ def train_step(c: Components, micro_batches: Sequence[Any], step: int,
         else nullcontext()
     parts_sum: dict[str, torch.Tensor] = {}
     make_views = make_views or (lambda batch, i: _augment(c, batch, step, i))
+    n = len(micro_batches)
+    teacher_zs, stats = _step_statistics(c, micro_batches, make_views, student_temp, autocast) if n > 1 \
+        else ([None], None)
     for i, batch in enumerate(micro_batches):
         global_views, local_views = make_views(batch, i)  # [B, V_g, T, 3, G, G], [B, V_l, T_l, 3, L, L]
         B = global_views.shape[0]
         groups = _view_groups(global_views, local_views)
         # DDP all-reduces gradients only on the last micro-batch of an accumulation group.
-        sync = i == len(micro_batches) - 1 or not c.dist.distributed
+        sync = i == n - 1 or not c.dist.distributed
         with autocast:
-            with torch.no_grad():
-                teacher_z = _encode_views(c.teacher_fwd, groups[:1], B)  # [V_g, B, D]: global views only
+            teacher_z = teacher_zs[i]
+            if teacher_z is None:
+                with torch.no_grad():
+                    teacher_z = _encode_views(c.teacher_fwd, groups[:1], B)  # [V_g, B, D]: global views only
             with (nullcontext() if sync else c.student.no_sync()):
                 student_z = _encode_views(c.student_fwd, groups, B)  # [V_g + V_l, B, D]
-                loss, parts = c.loss_fn(student_z, teacher_z, student_temp, teacher_temp)
-                (loss / len(micro_batches)).backward()
+                if stats is None:  # one micro-batch: it is the step
+                    stats = c.loss_fn.step_stats(c.loss_fn.step_sums(teacher_z, student_z, student_temp), 1)
+                loss, parts = c.loss_fn(student_z, teacher_z, student_temp, teacher_temp, update_center=False,
+                                        step=stats)
+                (loss / n).backward()
         for k, v in parts.items():
-            parts_sum[k] = parts_sum.get(k, 0) + v / len(micro_batches)
+            parts_sum[k] = parts_sum.get(k, 0) + v / n
     if c.cfg.optim.clip_grad > 0:
         parts_sum["grad_norm"] = torch.nn.utils.clip_grad_norm_(c.student.parameters(), c.cfg.optim.clip_grad)
     c.optimizer.step()
     c.optimizer.zero_grad(set_to_none=True)
     ema_update(c.teacher, c.student_raw, float(c.schedules.teacher_momentum[step]))
+    c.loss_fn.update_center(stats.teacher_mean)  # once per step, from all its micro-batches and ranks
     return parts_sum
+
+
+def _step_statistics(c: Components, micro_batches: Sequence[Any], make_views: MakeViews, student_temp: Temp,
+                     autocast: AbstractContextManager) -> tuple[list[torch.Tensor], StepStats]:
+    """The statistics pass of an accumulated step: each micro-batch's teacher z [V_g, B, D] (kept
+    for its loss) and the step's `StepStats` over all micro-batches and ranks (one all-reduce).
+    With prior_scope=step the student runs too, without gradients, for the pooled prior's sums."""
+    pooled = c.loss_fn.prior_scope == "step"
+    teacher_zs, sums = [], None
+    with torch.no_grad(), autocast:
+        for i, batch in enumerate(micro_batches):
+            global_views, local_views = make_views(batch, i)
+            B = global_views.shape[0]
+            groups = _view_groups(global_views, local_views)
+            teacher_z = _encode_views(c.teacher_fwd, groups[:1], B)  # [V_g, B, D]
+            student_z = _encode_views(c.student_fwd, groups, B) if pooled else None  # [V_s, B, D]
+            teacher_zs.append(teacher_z)
+            s = c.loss_fn.step_sums(teacher_z, student_z, student_temp)
+            sums = s if sums is None else sums + s
+    return teacher_zs, c.loss_fn.step_stats(sums, len(micro_batches))
 
 
 def _augment(c: Components, batch: dict[str, Any], step: int, micro: int) -> Views:
