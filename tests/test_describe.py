@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lss_cli.config import DescribeConfig
+from lss_cli.describe.calls import backoff_delay
 from lss_cli.describe.client import parse_retry_after, redact, resolve_endpoint
 from lss_cli.describe.prompt import load_prompt
 from lss_cli.describe.records import read_records, read_state
@@ -28,7 +29,7 @@ from lss_cli.describe.replies import (
     extract_descriptions,
     surely_fits_clip,
 )
-from lss_cli.describe.run import backoff_delay, plan_describe, run_describe
+from lss_cli.describe.run import plan_describe, run_describe
 from lss_cli.errors import ConfigError, InputFileError
 
 # Recognisable, and deliberately not shaped like an OpenAI key, so only exact redaction can hide it.

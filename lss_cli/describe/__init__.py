@@ -22,6 +22,8 @@ The modules, from the bottom up:
   into retry / class / fatal (the only module importing `openai`);
 - `records`: the descriptions file (JSON Lines), also written by the synthetic dataset and read
   by `lss build-concepts`;
-- `run`: planning (also what `--dry-run` shows) and running: the output lock, retries, the
-  worker pool, the summary.
+- `calls`: asking for one class: retries with backoff, re-asks, the shared rate gate and the
+  request shape a server accepts (`RequestAdapter`);
+- `run`: planning (also what `--dry-run` shows) and running: the output lock, the worker pool,
+  the tally and the summary.
 """

@@ -1,7 +1,7 @@
 """The LLM client: one chat-completion call against any OpenAI-compatible server.
 
 This is the only module that imports `openai`. It does no retrying itself (the client is built
-with `max_retries=0`): `lss_cli.describe.run` owns retries, backoff and call counting, so every HTTP
+with `max_retries=0`): `lss_cli.describe.calls` owns retries, backoff and call counting, so every HTTP
 request is accounted for. Errors are mapped to three kinds:
 
 - `retry`: worth trying again (429, 408/409, 5xx, timeouts, dropped connections, a success
