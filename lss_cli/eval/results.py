@@ -160,35 +160,34 @@ def top_confusions(confusion: list[list[int]], classes: list[str], n: int = TOP_
 def _per_class_plot(plt, s: dict[str, Any], title: str, path: Path) -> str:
     rows = per_class_rows(s["per_class_top1"])
     k = len(s["per_class_top1"])
-    fig, ax = plt.subplots(figsize=(7, max(3, 0.22 * len(rows) + 1)))
-    ax.barh(range(len(rows)), [acc for _, acc in rows])
-    ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
-    ax.invert_yaxis()  # best at the top
-    if len(rows) < k:  # a line between the best and the worst
-        ax.axhline(len(rows) / 2 - 0.5, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("top-1")
     shown = f"best and worst {len(rows) // 2} of {k} classes" if len(rows) < k else f"{k} classes"
-    ax.set_title(f"{title}: mean {s['top1']:.3f} ({shown})", fontsize=10)
-    fig.tight_layout()
-    _save_figure(fig, path)
-    plt.close(fig)
-    return str(path)
+    return _bar_chart(plt, [name for name, _ in rows], [acc for _, acc in rows], path, xlabel="top-1",
+                      title=f"{title}: mean {s['top1']:.3f} ({shown})", row_height=0.22,
+                      gap_after=len(rows) // 2 if len(rows) < k else None)
 
 
 def _top_confusions_plot(plt, s: dict[str, Any], title: str, path: Path) -> str:
     pairs = top_confusions(s["confusion"], s["classes"])
-    fig, ax = plt.subplots(figsize=(7, max(3, 0.3 * len(pairs) + 1)))
-    ax.barh(range(len(pairs)), [p["share"] for p in pairs])
-    ax.set_yticks(range(len(pairs)), [f"{p['true']} \u2192 {p['predicted']} ({p['count']})" for p in pairs],
-                  fontsize=8)
+    return _bar_chart(plt, [f"{p['true']} \u2192 {p['predicted']} ({p['count']})" for p in pairs],
+                      [p["share"] for p in pairs], path, xlabel="share of the true class's videos",
+                      title=f"{title}: the {len(pairs)} largest confusions of {len(s['classes'])} classes",
+                      row_height=0.3)
+
+
+def _bar_chart(plt, labels: list[str], values: list[float], path: Path, *, xlabel: str, title: str,
+               row_height: float, gap_after: int | None = None) -> str:
+    """Horizontal bars, first row at the top, one readable label per row; `gap_after` draws a
+    dashed line after that many rows (between the best and the worst classes)."""
+    fig, ax = plt.subplots(figsize=(7, max(3, row_height * len(labels) + 1)))
+    ax.barh(range(len(labels)), values)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("share of the true class's videos")
-    ax.set_title(f"{title}: the {len(pairs)} largest confusions of {len(s['classes'])} classes", fontsize=10)
-    fig.tight_layout()
-    _save_figure(fig, path)
-    plt.close(fig)
-    return str(path)
+    if gap_after is not None:
+        ax.axhline(gap_after - 0.5, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    return _finish(plt, fig, path)
 
 
 def _confusion_plot(plt, s: dict[str, Any], title: str, path: Path) -> str:
@@ -203,6 +202,10 @@ def _confusion_plot(plt, s: dict[str, Any], title: str, path: Path) -> str:
     ax.set_ylabel("true")
     ax.set_title(f"{title} confusion")
     fig.colorbar(im, ax=ax, fraction=0.046)
+    return _finish(plt, fig, path)
+
+
+def _finish(plt, fig, path: Path) -> str:
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)
