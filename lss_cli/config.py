@@ -331,11 +331,43 @@ class LogConfig:
     save_every: int = 1000  # steps between checkpoints (one is always written at the end)
     keep_last: int = 3  # checkpoints kept on disk (older ones are deleted)
     tensorboard: bool = False  # also write TensorBoard events (needs the `tensorboard` extra)
+    wandb: bool = False  # also log to Weights & Biases (needs the `wandb` extra; WANDB_MODE=offline works offline)
+    wandb_project: str = "lss-cli"  # the W&B project of the run (the run's name is its run dir's name)
 
     def validate(self) -> None:
         _check(self.every >= 1, "log.every", "must be >= 1")
         _check(self.save_every >= 1, "log.save_every", "must be >= 1")
         _check(self.keep_last >= 1, "log.keep_last", "must be >= 1")
+        _check(bool(self.wandb_project.strip()), "log.wandb_project", "must not be empty")
+
+
+@dataclass
+class TrainEvalConfig:
+    """Zero-shot accuracy of the teacher on a held-out list while training runs
+    (`lss_cli.train.periodic_eval`): logged to metrics.jsonl, best kept as checkpoints/best."""
+
+    every: int = 0  # steps between evaluations, plus one at the last step; 0 = off
+    dataset: str | None = None  # preset of the held-out list, as `lss eval --dataset`; None = data.dataset
+    root: str | None = None  # its root; None = data.root
+    list_file: str | None = None  # its labelled list (dataset=list; your list for kinetics600-zs); None = the preset's test list
+    split: int | str | None = None  # split as `lss eval --splits` names it (1..3; Kinetics: val); None = the dataset's first (1, or val); lists use their test list
+    max_videos: int | None = 1000  # evaluate an evenly spaced subset of this many videos (every class of a class-sorted list kept); None = all
+    templates: str = "action_templates_v1"  # zero-shot prompt templates (prompts/ name or path)
+    num_frames: int = 8  # frames per video (one centre view, as `lss eval`'s default)
+    batch_size: int = 16  # clips per forward
+    num_workers: int = 2  # decoding workers, started for each evaluation
+    metric: Literal["top1", "top5"] = "top1"  # what checkpoints/best is kept by (a strictly better value replaces it)
+
+    def validate(self) -> None:
+        _check(self.every >= 0, "eval.every", "must be >= 0 (0 = off)")
+        _check(self.max_videos is None or self.max_videos >= 1, "eval.max_videos", "must be >= 1 (or null: all)")
+        _check(not isinstance(self.split, int) or self.split >= 1, "eval.split", "split numbers start at 1")
+        _check(self.num_frames >= 1, "eval.num_frames", "must be >= 1")
+        _at_most(self.num_frames, MAX_FRAMES, "eval.num_frames", "frames")
+        _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        _at_most(self.batch_size, MAX_BATCH, "eval.batch_size", "clips per batch")
+        _check(self.num_workers >= 0, "eval.num_workers", "must be >= 0")
+        _at_most(self.num_workers, MAX_WORKERS, "eval.num_workers", "workers")
 
 
 @dataclass
@@ -349,6 +381,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> None:
@@ -368,11 +401,11 @@ class TrainConfig:
 class EvalConfig:
     """`lss eval zero-shot` / `lss eval linear-probe`: protocol and views (docs/method.md §6)."""
 
-    dataset: str = "ucf101"  # ucf101 | hmdb51 | kinetics600-zs | list | folder | synthetic
+    dataset: str = "ucf101"  # ucf101 | hmdb51 | kinetics400 | kinetics600 | kinetics600-zs | list | folder | synthetic
     root: str = "data/ucf101"  # dataset root
-    list_file: str | None = None  # test/eval list (dataset=list; the user's list for kinetics600-zs)
+    list_file: str | None = None  # test/eval list (dataset=list; the user's list for kinetics600-zs; a Kinetics CSV instead of the split's for kinetics400/600)
     train_list: str | None = None  # linear probe: training list when list_file is given (else <root>/train.txt)
-    splits: list[int] = field(default_factory=lambda: [1, 2, 3])  # official splits to evaluate
+    splits: list[int | str] | None = None  # splits to evaluate; None = the dataset's: 1, 2, 3 (ucf101, hmdb51, kinetics600-zs) or val (kinetics400, kinetics600); lists, folders and synthetic have one
     checkpoint: str | None = None  # exported model or training checkpoint; None = plain CLIP baseline
     model: str = "ViT-B-16"  # CLIP model for the baseline (a checkpoint carries its own)
     pretrained: str | None = "openai"  # its weights (tag, file, local-dir:PATH, or none = random init)
@@ -394,7 +427,8 @@ class EvalConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def validate(self) -> None:
-        _check(len(self.splits) >= 1, "splits", "give at least one split")
+        _check(self.splits is None or len(self.splits) >= 1, "splits", "give at least one split",
+               hint="or leave splits unset: the dataset's own")
         _check(self.num_frames >= 1, "num_frames", "must be >= 1")
         _at_most(self.num_frames, MAX_FRAMES, "num_frames", "frames")
         _check(self.num_clips >= 1, "num_clips", "must be >= 1")
@@ -405,7 +439,8 @@ class EvalConfig:
         _check(self.num_workers >= 0, "num_workers", "must be >= 0")
         _at_most(self.num_workers, MAX_WORKERS, "num_workers", "workers")
         _check(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]")
-        _check(all(k >= 1 for k in self.splits), "splits", "split numbers start at 1")
+        _check(all(k >= 1 if isinstance(k, int) else bool(k.strip()) for k in self.splits or ()), "splits",
+               "split numbers start at 1, and a named split (val) needs a name")
         lo, hi = self.probe_l2_range
         _check(0 < lo <= hi, "probe_l2_range", "must be two strengths 0 < low <= high", hint="e.g. [1e-6, 1e6]")
         check_device(self.device)
@@ -651,7 +686,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 __all__ = [
     "CONFIGS", "ConceptsConfig", "DataConfig", "DescribeConfig", "EvalConfig", "LogConfig",
-    "LossConfig", "ModelConfig", "OptimConfig", "RunConfig", "TeacherConfig", "TrainConfig",
+    "LossConfig", "ModelConfig", "OptimConfig", "RunConfig", "TeacherConfig", "TrainConfig", "TrainEvalConfig",
     "ViewsConfig", "dump_yaml", "from_dict", "load_config", "parse_override", "read_yaml",
     "to_dict", "validate",
 ]

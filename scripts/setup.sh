@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv with lss_cli (editable, dev + plots extras) under constraints.txt, and makes sure
-# FFmpeg's shared libraries (needed by torchcodec) are present. Safe to run again.
+# Creates .venv with lss_cli (editable; extras dev, plots, tensorboard and wandb, all of them tested)
+# under constraints.txt, and makes sure FFmpeg's shared libraries (needed by torchcodec) are present.
+# Safe to run again.
 set -euo pipefail
 PY=${PY:-python3}
 VENV=${VENV:-.venv}
@@ -33,6 +34,6 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 echo "setup: installing lss_cli into $VENV (pinned by constraints.txt)" >&2
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,plots]" \
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,plots,tensorboard,wandb]" \
     2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 echo "setup: done" >&2

@@ -23,7 +23,8 @@ def test_tiny_model_loads_and_encodes(tiny_clip):
         z = tiny_clip.model.encode_image(img)
         t = tiny_clip.model.encode_text(tiny_clip.tokenizer(["a video of a person waving."]))
     assert z.shape == (2, 64) and t.shape == (1, 64)
-    assert tiny_clip.weights_id == "random-init(seed=0)"
+    assert tiny_clip.weights_source == "random-init(seed=0)"
+    assert tiny_clip.weights_id.startswith("weights-sha256:") and len(tiny_clip.weights_id) == 15 + 64
 
 
 def test_random_init_is_seeded():
@@ -38,7 +39,8 @@ def test_local_safetensors_round_trip(tmp_path, tiny_clip):
     save_weights(tiny_clip.model, path)
     loaded = load_clip("lss-tiny", str(path), seed=123)  # the seed must not matter with weights
     assert _same_weights(loaded.model, tiny_clip.model)
-    assert loaded.weights_id.startswith("sha256:") and len(loaded.weights_id) == 7 + 64
+    assert loaded.weights_source.startswith("sha256:") and len(loaded.weights_source) == 7 + 64
+    assert loaded.weights_id == tiny_clip.weights_id  # the same tensors: the same id
 
 
 def test_local_dir(tmp_path, tiny_clip):
@@ -51,7 +53,7 @@ def test_local_dir(tmp_path, tiny_clip):
     save_weights(tiny_clip.model, folder / "open_clip_model.safetensors")
     loaded = load_clip("lss-tiny", f"local-dir:{folder}")
     assert _same_weights(loaded.model, tiny_clip.model)
-    assert loaded.weights_id.startswith("local-dir-sha256:")
+    assert loaded.weights_source.startswith("local-dir-sha256:") and loaded.weights_id == tiny_clip.weights_id
 
 
 def test_clear_errors(tmp_path):

@@ -61,7 +61,7 @@ def test_zero_shot_cli_equals_open_clip_reference(zs, tmp_path):
     assert split["logit_scale"] == pytest.approx(zs["ref"].logit_scale)
     # The results file says what was done.
     assert results["protocol"] == "zero-shot" and results["checkpoint"] == "baseline"
-    assert results["model_id"].startswith("lss-tiny:sha256:")
+    assert results["model_id"].startswith("lss-tiny:weights-sha256:")
     assert results["views"] == {"num_frames": 3, "num_clips": 1, "num_crops": 1, "count": 1, "image_size": 64}
     assert results["config"]["num_frames"] == 3 and results["config"]["pretrained"] == str(zs["weights"])
     assert results["protocol_details"]["templates"]["templates"] == shipped_templates()

@@ -58,7 +58,7 @@ def test_compact_file_reloads_the_exact_model(tmp_path):
     clip, _ = pretrain(SHORT, log=lambda _: None)
     for (k, va), vb in zip(clip.model.state_dict().items(), loaded.model.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
-    assert loaded.weights_id.startswith("sha256:")
+    assert loaded.weights_source.startswith("sha256:")
     assert json.loads((tmp_path / "tiny.json").read_text())["command"] == "lss pretrain-tiny"
     assert attribute_accuracy(loaded, 16, seed=1) == report["attributes"]
 
@@ -70,7 +70,7 @@ def test_builtin_weights_know_their_world():
     if not path.exists():
         pytest.fail(f"{path} is missing: remake it with `lss pretrain-tiny --out {path}`")
     clip = load_clip("lss-tiny", "synthetic-world")
-    assert clip.weights_id.startswith("synthetic-world:sha256:")
+    assert clip.weights_source.startswith("synthetic-world:sha256:")
     acc = attribute_accuracy(clip, 600, seed=123)
     for name in ("position", "size", "colour"):
         assert acc[name]["accuracy"] > 3 * acc[name]["chance"] or acc[name]["accuracy"] > 0.8, (name, acc)

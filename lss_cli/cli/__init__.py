@@ -47,8 +47,8 @@ def _root(
     """LSS: language-based action concept spaces for video self-supervised learning."""
 
 
-COMMAND_MODULES = ("demo_cmd", "pretrain_cmd", "describe_cmd", "concepts_cmd", "train_cmd", "eval_cmd", "predict_cmd", "data_cmd",
-                   "labels_cmd", "config_cmd")
+COMMAND_MODULES = ("demo_cmd", "pretrain_cmd", "describe_cmd", "concepts_cmd", "train_cmd", "plot_cmd", "eval_cmd",
+                   "predict_cmd", "data_cmd", "labels_cmd", "config_cmd")
 
 
 def _register() -> None:
@@ -58,9 +58,25 @@ def _register() -> None:
     for name in COMMAND_MODULES:
         importlib.import_module(f"lss_cli.cli.{name}")
 
-    # The eval sub-app is mounted only once it has commands (register only what works).
-    if eval_app.registered_commands:
+    # The eval sub-app is mounted only once it has commands (register only what works), and once.
+    if eval_app.registered_commands and all(g.typer_instance is not eval_app for g in app.registered_groups):
         app.add_typer(eval_app, name="eval")
+    _use_lss_classes(app)
+
+
+def _use_lss_classes(typer_app: typer.Typer) -> None:
+    """Every group and command renders its help the project's way (boolean options as flags,
+    --help included: `LssCommand`), without each command having to ask for it."""
+    from typer.core import TyperCommand
+
+    from lss_cli.cli.options import LssCommand, LssGroup
+
+    typer_app.info.cls = typer_app.info.cls or LssGroup  # unset: Typer's falsy placeholder
+    for command in typer_app.registered_commands:
+        if command.cls in (None, TyperCommand):  # unset (Typer records its own default)
+            command.cls = LssCommand
+    for group in typer_app.registered_groups:
+        _use_lss_classes(group.typer_instance)
 
 
 def _print_error(message: str, hint: str | None = None) -> None:

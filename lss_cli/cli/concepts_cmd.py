@@ -8,13 +8,21 @@ from typing import Annotated, Any
 import typer
 
 from lss_cli.cli import CONTEXT, app
-from lss_cli.cli.options import Device, DryRun, Json, Quiet, flag, split_config_args
+from lss_cli.cli.options import DryRun, Json, Quiet, config_default, device_option, flag, split_config_args
+from lss_cli.config import ConceptsConfig
 
 concepts_app = typer.Typer(help="Inspect concept banks built by `lss build-concepts`.",
                            context_settings=CONTEXT, no_args_is_help=True)
 app.add_typer(concepts_app, name="concepts")
 
 Text = str | None
+Device = device_option(ConceptsConfig)
+
+
+def _default(key: str, meaning: str | None = None) -> str:
+    return config_default(ConceptsConfig, key, meaning)
+
+
 ConfigArgs = Annotated[list[str] | None, typer.Argument(
     metavar="[CONFIG.yaml] [KEY=VALUE]...", show_default=False,
     help="Optional YAML config (keys as in `lss config show --for build-concepts`), then dotted overrides.")]
@@ -23,17 +31,19 @@ ConfigArgs = Annotated[list[str] | None, typer.Argument(
 @app.command("build-concepts")
 def build_concepts(
     args: ConfigArgs = None,
-    labels: Annotated[Text, typer.Option(help="Category names: built-in label set (`lss labels list`) or a file.")] = None,
-    descriptions: Annotated[Text, typer.Option(help="Descriptions JSONL from `lss describe` (or the synthetic set's).")] = None,
-    out: Annotated[Text, typer.Option(help="Output bank file [concepts.safetensors].")] = None,
-    model: Annotated[Text, typer.Option(help="open_clip model name [ViT-B-16]; lss-tiny for CPU smoke runs.")] = None,
-    pretrained: Annotated[Text, typer.Option(help="open_clip tag [openai], weights file, local-dir:PATH, or none.")] = None,
-    templates: Annotated[Text, typer.Option(help="Category template set: prompts/ name or YAML path [action_templates_v1].")] = None,
-    extra_words: Annotated[Text, typer.Option(help="Extra category words, one per line (vocabulary expansion).")] = None,
-    extra_sentences: Annotated[Text, typer.Option(help="Extra description sentences without a category, one per line.")] = None,
+    labels: Annotated[Text, typer.Option(help="Category names: built-in label set (`lss labels list`) or a file." + _default("labels"))] = None,
+    descriptions: Annotated[Text, typer.Option(help="Descriptions JSONL from `lss describe` (or the synthetic set's); "
+                                            "required, here or as config key descriptions.")] = None,
+    out: Annotated[Text, typer.Option(help="Output bank file." + _default("out"))] = None,
+    model: Annotated[Text, typer.Option(help="open_clip model name; lss-tiny for CPU smoke runs." + _default("model"))] = None,
+    pretrained: Annotated[Text, typer.Option(help="open_clip tag, weights file, local-dir:PATH, or none." + _default("pretrained"))] = None,
+    templates: Annotated[Text, typer.Option(help="Category template set: prompts/ name or YAML path." + _default("templates"))] = None,
+    extra_words: Annotated[Text, typer.Option(help="Extra category words, one per line (vocabulary expansion)." + _default("extra_words"))] = None,
+    extra_sentences: Annotated[Text, typer.Option(help="Extra description sentences without a category, one per line."
+                                               + _default("extra_sentences"))] = None,
     allow_missing: Annotated[bool, flag("--allow-missing", help="Allow categories with no descriptions.")] = False,
     device: Device = None,
-    batch_size: Annotated[int | None, typer.Option(help="Texts per text-encoder call [256].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Texts per text-encoder call." + _default("batch_size"))] = None,
     overwrite: Annotated[bool, flag("--overwrite", help="Replace an existing --out file.")] = False,
     dry_run: DryRun = False,
     quiet: Quiet = False,
@@ -115,7 +125,8 @@ def _render_summary(title: str, s: dict[str, Any], json_out: bool) -> None:
         "M descriptions": f"{s['M']} ({s['owned_descriptions']} owned + {s['extra_sentences']} extra sentences)",
         "D": s["D"],
         "concept alignment": f"{s['ca_categories']} categories, {s['ca_descriptions']} descriptions",
-        "model": f"{s['model']} (pretrained {s['pretrained']}, weights {s['weights_id']})",
+        "model": f"{s['model']} (pretrained {s['pretrained']}, weights {s.get('weights_source') or s['weights_id']})",
+        "weights id": s["weights_id"],
         "templates": s["templates"],
         "truncated": f"{s['truncated_descriptions']} descriptions, {s['truncated_category_prompts']} category prompts",
         "missing categories": len(s["missing_categories"]),

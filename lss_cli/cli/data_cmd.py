@@ -72,8 +72,8 @@ def prepare(
     root: Annotated[Path, typer.Option("--root", help="Where the videos are (UCF101: ROOT/<Class>/*.avi).")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write the lists and classes.txt into.")],
     splits_dir: Annotated[Path | None, typer.Option(
-        "--splits-dir", help="Official split files (default: the package's UCF101/HMDB51 copies; "
-        "Kinetics: ROOT/annotations, then ROOT).")] = None,
+        "--splits-dir", help="Official split files [default: the package's UCF101/HMDB51 copies; "
+        "Kinetics: ROOT/annotations, then ROOT].")] = None,
     drop_missing: Annotated[bool, flag("--drop-missing", help="Leave videos that are not under --root out of the lists.")] = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -120,9 +120,9 @@ def render_prepare_summary(summary: dict, json_out: bool) -> None:
 def check(
     list_file: Annotated[Path, typer.Argument(help="A list file: `path label`, `path`, CSV, or a Kinetics CSV.")],
     root: Annotated[Path, typer.Option("--root", help="Folder the list's paths are relative to.")],
-    workers: Annotated[int | None, typer.Option("--workers", help="Parallel decoding processes (default: min(8, CPUs)).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Parallel decoding processes [default: min(8, CPUs)].")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before a hanging decode counts as unreadable.")] = 60.0,
-    report: Annotated[Path | None, typer.Option(help="Report file (default: LIST-STEM.unreadable.tsv in the current folder).")] = None,
+    report: Annotated[Path | None, typer.Option(help="Report file [default: LIST-STEM.unreadable.tsv in the current folder].")] = None,
     quiet: Quiet = False,
     json_out: Json = False,
 ) -> None:

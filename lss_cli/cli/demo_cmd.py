@@ -8,15 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from lss_cli.cli import app
-from lss_cli.cli.options import Json, Quiet
+from lss_cli.cli.options import Json, Quiet, config_default
+from lss_cli.config import TrainConfig
 
 
 @app.command("demo")
 def demo(
-    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where to write (default: `runs/demo/<timestamp>`).")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where to write [default: `runs/demo/<timestamp>`].")] = None,
     classes: Annotated[int, typer.Option("--classes", help="Motion classes in the synthetic set (2-10).")] = 8,
     videos_per_class: Annotated[int, typer.Option("--videos-per-class", help="Clips per class (a quarter are test clips).")] = 24,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs (default: examples/synthetic_tiny.yaml's).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs." + config_default(
+        TrainConfig, "optim.epochs", shipped="synthetic_tiny"))] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the data, the model initialisation and training.")] = 0,
     quiet: Quiet = False,
     json_out: Json = False,

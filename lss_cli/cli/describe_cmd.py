@@ -8,32 +8,37 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from lss_cli.cli import app
-from lss_cli.cli.options import DryRun, Json, Quiet, split_config_args
+from lss_cli.cli.options import DryRun, Json, Quiet, config_default, overrides, split_config_args
+from lss_cli.config import DescribeConfig
 
 if TYPE_CHECKING:
-    from lss_cli.config import DescribeConfig
     from lss_cli.describe.run import DescribePlan, DescribeSummary
 
-ConfigArgs = Annotated[list[str] | None, typer.Argument(
-    help="Optional YAML config, then dotted key=value overrides (e.g. per_class=5).", show_default=False)]
+ConfigArgs = overrides("per_class=5")
+
+
+def _default(key: str, meaning: str | None = None) -> str:
+    return config_default(DescribeConfig, key, meaning)
 
 
 @app.command("describe")
 def describe(
     args: ConfigArgs = None,
-    labels: Annotated[str | None, typer.Option("--labels", help="Built-in label set (e.g. lss530, ucf101) or a file with one class name per line.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output JSONL; resumed if it exists.")] = None,
-    prompt: Annotated[str | None, typer.Option("--prompt", help="Prompt file in prompts/ (name) or a path.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Model name as the server knows it.")] = None,
-    per_class: Annotated[int | None, typer.Option("--per-class", help="Descriptions per class.")] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", help="Sampling temperature.")] = None,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Completion budget per request.")] = None,
-    base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else api.openai.com).")] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", help="Requests in flight at once.")] = None,
-    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds per request.")] = None,
-    max_retries: Annotated[int | None, typer.Option("--max-retries", help="Retries per request on 429/5xx/timeouts.")] = None,
-    max_reasks: Annotated[int | None, typer.Option("--max-reasks", help="Re-asks per class after an invalid reply.")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N classes.")] = None,
+    labels: Annotated[str | None, typer.Option("--labels", help="Built-in label set (e.g. lss530, ucf101) or a file with one class name per line."
+                                                      + _default("labels"))] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output JSONL; resumed if it exists." + _default("out"))] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", help="Prompt file in prompts/ (name) or a path." + _default("prompt"))] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model name as the server knows it." + _default("model"))] = None,
+    per_class: Annotated[int | None, typer.Option("--per-class", help="Descriptions per class." + _default("per_class"))] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="Sampling temperature." + _default("temperature"))] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Completion budget per request." + _default("max_tokens"))] = None,
+    base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint."
+                                                        + _default("base_url", "$OPENAI_BASE_URL, else api.openai.com"))] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", help="Requests in flight at once." + _default("concurrency"))] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds per request." + _default("timeout"))] = None,
+    max_retries: Annotated[int | None, typer.Option("--max-retries", help="Retries per request on 429/5xx/timeouts." + _default("max_retries"))] = None,
+    max_reasks: Annotated[int | None, typer.Option("--max-reasks", help="Re-asks per class after an invalid reply." + _default("max_reasks"))] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N classes." + _default("limit", "all classes"))] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over (the old file is kept as `<out>.bak`).")] = False,
     dry_run: DryRun = False,
     quiet: Quiet = False,

@@ -7,29 +7,52 @@ from typing import Annotated, Any
 import typer
 
 from lss_cli.cli import eval_app
-from lss_cli.cli.options import Device, Json, OutputDir, Overrides, Overwrite, Quiet
+from lss_cli.cli.options import Json, OutputDir, Overwrite, Quiet, config_default, device_option, overrides
+from lss_cli.config import EvalConfig
 
-Dataset = Annotated[str | None, typer.Option("--dataset", help="ucf101 | hmdb51 | kinetics600-zs | list | folder | synthetic.")]
-Root = Annotated[str | None, typer.Option("--root", help="Folder the videos are in.")]
-ListFile = Annotated[str | None, typer.Option("--list-file", help="Test list (dataset list; required for kinetics600-zs).")]
-TrainList = Annotated[str | None, typer.Option("--train-list", help="Training list of the probe when --list-file is given.")]
-Splits = Annotated[str | None, typer.Option("--splits", help="Official splits, e.g. 1,2,3.")]
-Checkpoint = Annotated[str | None, typer.Option("--checkpoint", help="Exported model, run dir or checkpoint; `none` = CLIP baseline.")]
-Model = Annotated[str | None, typer.Option("--model", help="CLIP model for the baseline (open_clip name).")]
-Pretrained = Annotated[str | None, typer.Option("--pretrained", help="Baseline weights: tag, file, local-dir:PATH or none.")]
-Templates = Annotated[str | None, typer.Option("--templates", help="Prompt templates (prompts/ name or path).")]
-Frames = Annotated[int | None, typer.Option("--num-frames", help="Frames per view.")]
-Clips = Annotated[int | None, typer.Option("--num-clips", help="Temporal views per video.")]
-Crops = Annotated[int | None, typer.Option("--num-crops", help="Spatial views: 1 or 3.")]
-Out = Annotated[str | None, typer.Option("--out", help="Results JSON (default: `<run dir>/results.json`).")]
+
+def _default(key: str, meaning: str | None = None) -> str:
+    return config_default(EvalConfig, key, meaning)
+
+
+Args = overrides("batch_size=32 num_workers=8")
+Dataset = Annotated[str | None, typer.Option("--dataset", help="ucf101 | hmdb51 | kinetics400 | kinetics600 | "
+                                             "kinetics600-zs | list | folder | synthetic." + _default("dataset"))]
+Root = Annotated[str | None, typer.Option("--root", help="Folder the videos are in." + _default("root"))]
+ListFile = Annotated[str | None, typer.Option("--list-file", help="Test list (dataset list; required for kinetics600-zs; "
+                                              "a Kinetics CSV for kinetics400/600)."
+                                              + _default("list_file", "the dataset's own test list"))]
+TrainList = Annotated[str | None, typer.Option("--train-list", help="Training list of the probe when --list-file is given."
+                                               + _default("train_list", "the dataset's own training list"))]
+Splits = Annotated[str | None, typer.Option("--splits", help="Splits to evaluate, comma-separated: 1,2,3 (ucf101, hmdb51, "
+                                            "kinetics600-zs) or val (kinetics400/600; their test split may lack labels)."
+                                            + _default("splits", "1,2,3, or val for kinetics400/600"))]
+Checkpoint = Annotated[str | None, typer.Option("--checkpoint", help="Exported model, run dir or checkpoint; `none` = CLIP baseline."
+                                                + _default("checkpoint", "the CLIP baseline"))]
+Model = Annotated[str | None, typer.Option("--model", help="CLIP model for the baseline (open_clip name)." + _default("model"))]
+Pretrained = Annotated[str | None, typer.Option("--pretrained", help="Baseline weights: tag, file, local-dir:PATH or none."
+                                                + _default("pretrained"))]
+Templates = Annotated[str | None, typer.Option("--templates", help="Prompt templates (prompts/ name or path)." + _default("templates"))]
+Frames = Annotated[int | None, typer.Option("--num-frames", help="Frames per view." + _default("num_frames"))]
+Clips = Annotated[int | None, typer.Option("--num-clips", help="Temporal views per video." + _default("num_clips"))]
+Crops = Annotated[int | None, typer.Option("--num-crops", help="Spatial views: 1 or 3." + _default("num_crops"))]
+Device = device_option(EvalConfig)
+Out = Annotated[str | None, typer.Option("--out", help="Results JSON." + _default("out", "`<run dir>/results.json`"))]
 Pairs = Annotated[str | None, typer.Option("--pairs", help="Time-reversal class pairs (`class<TAB>mate` a line) for the "
-                                           "direction accuracy (default: a synthetic root's pairs.txt).")]
+                                           "direction accuracy." + _default("pairs", "a synthetic root's pairs.txt"))]
+Features = Annotated[str | None, typer.Option("--features", help="pre-proj (CLIP's probes) | proj." + _default("features"))]
+ValSplit = Annotated[str | None, typer.Option("--val-split", help="Validation part for the L2 search: grouped (source "
+                                              "videos kept together) | stratified (video by video)."
+                                              + _default("probe_val_split"))]
+Standardize = Annotated[bool | None, typer.Option("--standardize/--no-standardize", help="z-score the features with the "
+                                                  "training set's statistics (CLIP does not)."
+                                                  + _default("probe_standardize"))]
 
 
 def _flags(**kw: Any) -> dict[str, Any]:
     splits = kw.pop("splits")
-    if splits is not None:
-        kw["splits"] = [int(s) for s in splits.split(",") if s.strip()]
+    if splits is not None:  # numbers stay numbers (official splits), names stay names (Kinetics' val)
+        kw["splits"] = [int(s) if s.strip().isdigit() else s.strip() for s in splits.split(",") if s.strip()]
     return kw  # `--checkpoint none` stays a string, so it also overrides a checkpoint set in YAML
 
 
@@ -101,7 +124,7 @@ def _print_unreadable(splits: list[dict[str, Any]]) -> None:
 
 
 @eval_app.command("zero-shot")
-def zero_shot(args: Overrides = None, dataset: Dataset = None, root: Root = None, list_file: ListFile = None,
+def zero_shot(args: Args = None, dataset: Dataset = None, root: Root = None, list_file: ListFile = None,
               splits: Splits = None, checkpoint: Checkpoint = None, model: Model = None, pretrained: Pretrained = None,
               templates: Templates = None, pairs: Pairs = None, num_frames: Frames = None, num_clips: Clips = None,
               num_crops: Crops = None, device: Device = None, out: Out = None, output_dir: OutputDir = None, overwrite: Overwrite = False,
@@ -114,6 +137,12 @@ def zero_shot(args: Overrides = None, dataset: Dataset = None, root: Root = None
         lss eval zero-shot --dataset ucf101 --root data/ucf101 --splits 1,2,3 --checkpoint model.safetensors
 
         lss eval zero-shot --dataset hmdb51 --root data/hmdb51 --checkpoint none --model ViT-B-16 --pretrained openai
+
+        lss eval zero-shot --dataset kinetics400 --root data/k400 --checkpoint model.safetensors
+
+    Kinetics-400/600 are evaluated on their labelled val split (`ROOT/annotations/val.csv` or
+    `ROOT/val.csv`, videos under `ROOT/val/`) unless --splits names another; a split without
+    labels is refused.
     """
     _run("zero-shot", args, _flags(dataset=dataset, root=root, list_file=list_file, splits=splits, checkpoint=checkpoint,
                                    model=model, pretrained=pretrained, templates=templates, pairs=pairs, num_frames=num_frames,
@@ -122,18 +151,14 @@ def zero_shot(args: Overrides = None, dataset: Dataset = None, root: Root = None
 
 
 @eval_app.command("linear-probe")
-def linear_probe(args: Overrides = None, dataset: Dataset = None, root: Root = None, list_file: ListFile = None,
+def linear_probe(args: Args = None, dataset: Dataset = None, root: Root = None, list_file: ListFile = None,
                  train_list: TrainList = None, splits: Splits = None, checkpoint: Checkpoint = None, model: Model = None, pretrained: Pretrained = None,
-                 features: Annotated[str | None, typer.Option("--features", help="pre-proj (CLIP's probes, default) | proj.")] = None,
-                 val_split: Annotated[str | None, typer.Option("--val-split", help="Validation part for the L2 search: grouped "
-                                                               "(source videos kept together, default) | stratified (video by video).")] = None,
-                 standardize: Annotated[bool | None, typer.Option("--standardize/--no-standardize", help="z-score the features "
-                                                                  "with the training set's statistics (default: no, as CLIP).")] = None,
+                 features: Features = None, val_split: ValSplit = None, standardize: Standardize = None,
                  pairs: Pairs = None, num_frames: Frames = None, num_clips: Clips = None, num_crops: Crops = None, device: Device = None,
                  out: Out = None, output_dir: OutputDir = None, overwrite: Overwrite = False, quiet: Quiet = False,
                  json_out: Json = False) -> None:
     """Linear probe on frozen features (CLIP's protocol): L2 searched over 1e-6..1e6 on held-out groups of
-    train videos, refit on all of them; top-1 per split, mean ± std. `probe_l2_range=[LOW,HIGH]` narrows the search.
+    train videos, refit on all of them; top-1 per split, mean ± std. `probe_l2_range=[1e-4,1e4]` narrows the search.
     With time-reversal class pairs (--pairs, or a synthetic dataset's pairs.txt) also the direction accuracy.
 
     Example: lss eval linear-probe --dataset ucf101 --root data/ucf101 --checkpoint model.safetensors --features pre-proj

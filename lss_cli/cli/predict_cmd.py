@@ -8,20 +8,20 @@ from typing import Annotated
 import typer
 
 from lss_cli.cli import app
-from lss_cli.cli.options import Device, Json, Quiet
+from lss_cli.cli.options import DEVICE_HELP, Json, Quiet
 
 
 @app.command("predict")
 def predict(
     videos: Annotated[list[Path], typer.Argument(help="Video files, or folders of them (the videos directly inside, by name).")],
     labels: Annotated[str, typer.Option("--labels", help='Label names: "a,b,c", a file (one per line) or a built-in set.')],
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Exported model or run dir (default: CLIP baseline).")] = None,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Exported model or run dir [default: none = the CLIP baseline of --model and --pretrained].")] = None,
     model: Annotated[str, typer.Option("--model", help="CLIP model when no checkpoint is given.")] = "ViT-B-16",
     pretrained: Annotated[str, typer.Option("--pretrained", help="Its weights: tag, file, local-dir:PATH, none.")] = "openai",
     templates: Annotated[str, typer.Option("--templates", help="Prompt templates (prompts/ name or path).")] = "action_templates_v1",
     num_frames: Annotated[int, typer.Option("--num-frames", help="Frames per video.")] = 8,
     top_k: Annotated[int, typer.Option("--top-k", help="Labels shown per video.")] = 5,
-    device: Device = None,
+    device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
     quiet: Quiet = False,
     json_out: Json = False,
 ) -> None:
@@ -43,7 +43,7 @@ def predict(
     set_quiet(quiet)
     results = run_predict([str(v) for v in videos], parse_label_arg(labels), checkpoint=checkpoint, model=model,
                           pretrained=None if pretrained.lower() == "none" else pretrained, templates=templates,
-                          num_frames=num_frames, top_k=top_k, device=device or "auto")
+                          num_frames=num_frames, top_k=top_k, device=device)
     from rich.text import Text
 
     from lss_cli.cli.render import print_json, stdout

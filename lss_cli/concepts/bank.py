@@ -3,10 +3,13 @@
 The file holds the tensors `category` `[K, D]` float32, `description` `[M, D]` float32 (unit
 rows both), `description_owner` `[M]` int64, `category_ca_mask` `[K]` bool and
 `description_ca_mask` `[M]` bool, and metadata whose every value is a JSON string: names,
-description texts, templates, model name, pretrained tag, weights id (tag, weights-file sha256
-or random-init seed), sha256 of every input, lss_cli version, counts of truncated texts.
-`load_concept_bank` validates all of it and refuses a bank built with another CLIP model than
-the one it is used with.
+description texts, templates, model name, pretrained tag, weights id (`weights-sha256:` of the
+loaded tensors, `lss_cli.models.clip.weights_content_id`) and weights source (tag, weights-file
+sha256 or random-init seed), sha256 of every input, lss_cli version, counts of truncated texts.
+`load_concept_bank` validates all of it and refuses a bank built with another CLIP model or other
+weights than the one it is used with. Banks written before weights were identified by content
+(no `weights_source`) carry the source form as their id; they are accepted when the model's
+source matches it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 
 from lss_cli.errors import ConfigError, InputFileError
 from lss_cli.runtime.outputs import write_output
+from lss_cli.runtime.progress import log
 from lss_cli.runtime.tensor_io import save_safetensors
 
 FORMAT = "lss-concepts"
@@ -65,6 +69,11 @@ class ConceptBank:
         return self.metadata.get("weights_id")
 
     @property
+    def weights_source(self) -> str | None:
+        """How the bank's weights were named (tag, file sha256, random-init seed); None in old banks."""
+        return self.metadata.get("weights_source")
+
+    @property
     def category_ca_mask(self) -> torch.Tensor:
         """`[K]` bool: the category owns >= 1 description (takes part in concept alignment)."""
         owned = self.description_owner[self.description_owner >= 0]
@@ -75,17 +84,32 @@ class ConceptBank:
         """`[M]` bool: the description has an owner (takes part in concept alignment)."""
         return self.description_owner >= 0
 
-    def check_model(self, model: str | None = None, weights: str | None = None, where: str = "concept bank") -> None:
-        """Refuse use with another CLIP model / weights than the bank was built with."""
+    def check_model(self, model: str | None = None, weights: str | None = None, where: str = "concept bank",
+                    weights_source: str | None = None) -> None:
+        """Refuse use with another CLIP model / weights than the bank was built with.
+
+        `weights` is the model's `Clip.weights_id` (its content), `weights_source` its
+        `Clip.weights_source`: a bank from before content ids recorded the source form as its id,
+        and is accepted when that matches (a note says so)."""
         if model is not None and model != self.model:
             raise ConceptBankMismatchError(
                 f"{where} was built with CLIP model {self.model!r}, but it is used with {model!r}",
                 hint=f"rebuild it with `lss build-concepts --model {model}` or use model {self.model!r}")
-        if weights is not None and weights != self.weights_id:
-            raise ConceptBankMismatchError(
-                f"{where} was built with {self.model} weights {self.weights_id!r}, but it is used with {weights!r}",
-                hint="rebuild it with the same --pretrained as the model (a tag and a local file of the "
-                     "same weights count as different: use the same form in both places)")
+        if weights is None or weights == self.weights_id:
+            return
+        legacy = self.weights_source is None  # written before content ids: its id is the source form
+        if legacy and weights_source is not None and weights_source == self.weights_id:
+            log(f"{where} predates weights ids by content; accepted by its weights source {self.weights_id!r} "
+                "(rebuilding it records the content id, which also matches a tag and a file of the same weights)")
+            return
+        built = f"{self.weights_id!r}" + (f" ({self.weights_source})" if self.weights_source else "")
+        used = f"{weights!r}" + (f" ({weights_source})" if weights_source else "")
+        hint = ("the bank predates weights ids by content, so only the same --pretrained form matches it: "
+                "rebuild it once with `lss build-concepts` (a tag and a local file of the same weights then match)"
+                if legacy else "these are different weights: rebuild the bank with the model's --pretrained, "
+                "or train with the weights the bank was built with")
+        raise ConceptBankMismatchError(f"{where} was built with {self.model} weights {built}, but it is used with "
+                                       f"{used}", hint=hint)
 
 
 def _invalid(where: str, problem: str) -> InputFileError:
@@ -159,11 +183,13 @@ def _read_bank_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
 
 def load_concept_bank(path: str | Path, expect_model: str | None = None, expect_weights: str | None = None,
-                      expect_dim: int | None = None) -> ConceptBank:
+                      expect_dim: int | None = None, expect_weights_source: str | None = None) -> ConceptBank:
     """Read and validate a concept bank; with `expect_*`, refuse one built for another model.
 
     `expect_model` is the open_clip model name and `expect_weights` the `Clip.weights_id` of the
     model the bank will be used with; a mismatch raises `ConceptBankMismatchError` naming both.
+    `expect_weights_source` (`Clip.weights_source`) lets a bank from before content ids match
+    (`ConceptBank.check_model`).
     """
     path = Path(path)
     if not path.is_file():
@@ -186,7 +212,7 @@ def load_concept_bank(path: str | Path, expect_model: str | None = None, expect_
     if expect_dim is not None and bank.D != expect_dim:
         raise ConceptBankMismatchError(f"{path} has D={bank.D}, but the model embeds to D={expect_dim}",
                                        hint="rebuild the bank with the model you use")
-    bank.check_model(expect_model, expect_weights, where=str(path))
+    bank.check_model(expect_model, expect_weights, where=str(path), weights_source=expect_weights_source)
     return bank
 
 
@@ -201,6 +227,7 @@ def bank_summary(bank: ConceptBank, path: str | Path | None = None) -> dict[str,
         "owned_descriptions": bank.M - n_extra_sentences, "extra_sentences": n_extra_sentences,
         "ca_categories": int(bank.category_ca_mask.sum()), "ca_descriptions": int(bank.description_ca_mask.sum()),
         "model": bank.model, "pretrained": meta.get("pretrained"), "weights_id": bank.weights_id,
+        "weights_source": bank.weights_source,
         "templates": len(meta.get("templates", [])),
         "truncated_descriptions": meta.get("num_truncated"),
         "truncated_category_prompts": meta.get("num_truncated_category_prompts"),

@@ -1,6 +1,7 @@
 """`lss build-concepts` as a library call: check the inputs, encode both banks, write the file.
 
-`plan_concepts` is the `--dry-run` (inputs and model name checked, nothing encoded);
+`plan_concepts` is the `--dry-run` (inputs and model name checked, nothing encoded or loaded: its
+`weights_id` is the weights' source, the content id needs the weights);
 `build_concepts` tokenises every text once, for the truncation check and the encoding both,
 and records provenance and truncation counts in the bank's metadata.
 """
@@ -55,6 +56,7 @@ def plan_concepts(cfg: ConceptsConfig) -> dict[str, Any]:
 def _metadata(clip: Clip, inputs: ConceptInputs, truncated: list[int], truncated_prompts: int) -> dict[str, Any]:
     return {
         "model": clip.name, "pretrained": clip.pretrained, "weights_id": clip.weights_id,
+        "weights_source": clip.weights_source,
         "templates": list(inputs.templates.templates),
         "sources": inputs.sources,
         "num_truncated": len(truncated), "truncated_descriptions": truncated,

@@ -12,6 +12,9 @@ they are left out of the fit and listed.
 Direction accuracy, when time-reversal class pairs are in effect (`lss_cli.eval.pairs`): of the
 test videos whose class has a mate, the share scoring their class strictly above the mate, with
 the same scores as top-1 (zero-shot: view-averaged probabilities; probe: its logits).
+Splits: UCF101, HMDB51 and the K600 zero-shot classes have official splits 1, 2, 3 (all three by
+default); Kinetics-400/600 have CSV splits by name and are evaluated on val by default (a probe
+trains on train); a split without labels (Kinetics' test CSV often has none) is refused.
 """
 
 from __future__ import annotations
@@ -43,7 +46,10 @@ from lss_cli.eval.pairs import ClassPairs, mate_indices, pairs_path, read_pairs
 from lss_cli.eval.zero_shot import class_classifier, logit_scale, zero_shot_probs
 from lss_cli.models.artefact import VideoModel
 
-SPLIT_DATASETS = ("ucf101", "hmdb51", "kinetics600-zs")  # datasets with official numbered splits
+NUMBERED_SPLITS = ("ucf101", "hmdb51", "kinetics600-zs")  # official splits 1, 2, 3
+NAMED_SPLITS = ("kinetics400", "kinetics600")  # CSV splits by name: train, val, test
+DEFAULT_SPLITS: dict[str, list[int | str]] = {**dict.fromkeys(NUMBERED_SPLITS, [1, 2, 3]),
+                                              **dict.fromkeys(NAMED_SPLITS, ["val"])}
 
 
 @dataclass
@@ -58,14 +64,38 @@ class EvalContext:
 
 
 def split_names(cfg: EvalConfig) -> list[str]:
-    """Numbered splits for official datasets; one unnamed split for lists, folders and synthetic."""
-    return [str(k) for k in cfg.splits] if cfg.dataset in SPLIT_DATASETS else ["-"]
+    """The splits evaluated: `cfg.splits`, else the dataset's (`DEFAULT_SPLITS`); one unnamed
+    split ("-") for lists, folders and synthetic."""
+    if cfg.dataset not in DEFAULT_SPLITS:
+        return ["-"]
+    return [str(k).strip().lower() for k in (cfg.splits or DEFAULT_SPLITS[cfg.dataset])]
+
+
+def _check_splits(cfg: EvalConfig, protocol: str) -> None:
+    """Every split named exists for the dataset (numbers for the official splits, names for Kinetics)."""
+    names = split_names(cfg)
+    if cfg.dataset in NUMBERED_SPLITS:
+        bad = [k for k in names if k not in ("1", "2", "3")]
+        if bad:
+            raise ConfigError(f"{cfg.dataset}: split {bad[0]!r} does not exist",
+                              hint="its official splits are 1, 2 and 3, e.g. --splits 1,2,3 (the default)")
+    elif cfg.dataset in NAMED_SPLITS:
+        bad = [k for k in names if k.isdigit()]
+        if bad:
+            raise ConfigError(f"{cfg.dataset}: split {bad[0]!r} does not exist: Kinetics splits have names",
+                              hint="evaluate on the labelled validation split: --splits val (the default)")
+        if protocol == "linear-probe" and cfg.train_list is None and "train" in names:
+            raise ConfigError(f"{cfg.dataset}: the linear probe trains on the train split; it cannot also be "
+                              "scored on it", hint="--splits val (the default)")
+        for name in names:  # a split without labels is refused before anything is written
+            load_split(cfg, name, "test")
 
 
 def check_protocol(cfg: EvalConfig, protocol: str) -> None:
     """Usage errors found before any model is loaded or any file written."""
     if protocol not in ("zero-shot", "linear-probe"):
         raise ConfigError(f"unknown protocol {protocol!r}", hint="zero-shot or linear-probe")
+    _check_splits(cfg, protocol)
     if cfg.dataset == "kinetics600-zs" and cfg.list_file is None:
         raise ConfigError("kinetics600-zs needs the video list of its classes: no Kinetics video list ships",
                           hint="pass --list-file: a Kinetics CSV, or a `path label` list with ids 0..159 per split")
@@ -96,13 +126,27 @@ def check_pairs(cfg: EvalConfig) -> ClassPairs | None:
 def load_split(cfg: EvalConfig, split: str, part: str) -> VideoList:
     """The VideoList of one split's `part` ("train" or "test").
 
-    Official datasets take both parts from their split files. Other datasets take the test part
-    from `list_file` (else their own test list) and the train part from `train_list` (else their
-    own train list); a linear probe never trains on the list it is scored on (`check_protocol`)."""
+    Official datasets take both parts from their split files. Kinetics takes the test part from
+    the split's CSV (`list_file` when given) and the train part from its train CSV (`train_list`
+    when given); a test part without labels is refused here, before any model is loaded. Other
+    datasets take the test part from `list_file` (else their own test list) and the train part
+    from `train_list` (else their own train list); a linear probe never trains on the list it is
+    scored on (`check_protocol`)."""
     if cfg.dataset == "kinetics600-zs":
         return load_dataset(cfg.dataset, cfg.root, int(split), cfg.list_file)
     if cfg.dataset in ("ucf101", "hmdb51"):
         return load_dataset(cfg.dataset, cfg.root, f"{part}{split}")
+    if cfg.dataset in NAMED_SPLITS:
+        if part == "train":
+            return load_dataset(cfg.dataset, cfg.root, "train", cfg.train_list)
+        videos = load_dataset(cfg.dataset, cfg.root, split, cfg.list_file)
+        unlabelled = int((videos.labels < 0).sum())
+        if unlabelled:
+            raise ConfigError(f"{cfg.dataset} split {split!r} has no labels for {unlabelled} of its {len(videos)} "
+                              f"videos ({videos.source}): accuracy cannot be scored on it",
+                              hint="Kinetics' test annotations often come without labels: evaluate on the "
+                                   "labelled validation split, --splits val (the default)")
+        return videos
     if part == "train" and cfg.train_list is not None:
         return load_dataset("list" if cfg.dataset == "folder" else cfg.dataset, cfg.root, "train", cfg.train_list)
     return load_dataset(cfg.dataset, cfg.root, part, cfg.list_file)

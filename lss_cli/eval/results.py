@@ -116,13 +116,22 @@ LABELLED_CONFUSION = 30  # classes up to which the confusion matrix is drawn wit
 TOP_CONFUSIONS = 20  # confusion pairs charted beyond that
 
 
-def _write_plots(results: dict[str, Any], run_dir: Path, prefix: str) -> list[str]:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend, or None without the `plots` extra. The one
+    import of matplotlib: evaluation's plots and `lss plot` (`lss_cli.train.plot`) draw with it."""
     try:  # matplotlib is an optional extra, so it is imported here and not at the top
         import matplotlib  # noqa: PLC0415
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
+        return None
+    return plt
+
+
+def _write_plots(results: dict[str, Any], run_dir: Path, prefix: str) -> list[str]:
+    plt = pyplot()
+    if plt is None:
         return []
     written = []
     for s in results["splits"]:
@@ -187,7 +196,7 @@ def _bar_chart(plt, labels: list[str], values: list[float], path: Path, *, xlabe
     ax.set_xlim(0, 1)
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
-    return _finish(plt, fig, path)
+    return finish_figure(plt, fig, path)
 
 
 def _confusion_plot(plt, s: dict[str, Any], title: str, path: Path) -> str:
@@ -202,10 +211,11 @@ def _confusion_plot(plt, s: dict[str, Any], title: str, path: Path) -> str:
     ax.set_ylabel("true")
     ax.set_title(f"{title} confusion")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    return _finish(plt, fig, path)
+    return finish_figure(plt, fig, path)
 
 
-def _finish(plt, fig, path: Path) -> str:
+def finish_figure(plt, fig, path: Path) -> str:
+    """Lay out `fig`, write it to `path` as a PNG (atomically) and free it; returns the path."""
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)

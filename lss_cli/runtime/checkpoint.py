@@ -7,13 +7,18 @@ Layout of one checkpoint, `checkpoints/step_00001234/`:
     optim.pt              optimizer state dict: tensors and numbers only, loads with weights_only=True
     rng.pt                torch / numpy / python RNG states, also weights_only-loadable
     meta.json             step, epoch, resolved config, versions, metrics of the last logged step
-`checkpoints/last` holds the name of the newest complete checkpoint.
+`checkpoints/last` holds the name of the newest complete checkpoint. `checkpoints/best/` (only with
+`eval.every`, `lss_cli.train.periodic_eval`) is a whole checkpoint of the step whose held-out
+evaluation was best so far; its meta.json adds `best` (metric, value, step). It is replaced by a
+better one, never pruned, and never resumed from (`--resume` takes the newest `step_*`).
 
 Atomicity: everything is written into a hidden temp directory, fsynced, then renamed into place,
 and only then does `last` move (itself written by temp file + rename). A crash at any moment
 leaves either the previous checkpoint or the new one, never a partial one under a real name; a
 save that fails (a full disk) removes its temp directory and says the previous checkpoint is
-intact. Hidden temp files a killed writer left behind are removed by the next save.
+intact. Hidden temp files a killed writer left behind are removed by the next save; replacing a
+checkpoint of the same name (a step redone after a resume, a new best) renames the old one aside
+first, and a writer killed between the two renames has its old copy put back by the next save.
 
 Loading never unpickles arbitrary objects: safetensors, JSON, and `torch.load(weights_only=True)`.
 A file that is missing, damaged or was tampered with is a `CheckpointError` naming it, and
@@ -44,6 +49,7 @@ from lss_cli.runtime.outputs import fsync_dir, write_text_atomic
 from lss_cli.runtime.tensor_io import save_safetensors
 
 PREFIX = "step_"
+BEST = "best"  # the best-evaluated checkpoint's directory name
 TEMP_PATTERNS = (".tmp-*", ".old-*", ".*.tmp*")  # a save's temp dir, a replaced step, a temp `last`
 T = TypeVar("T")
 
@@ -112,20 +118,9 @@ def save_checkpoint(ckpt_dir: str | Path, *, step: int, epoch: int, student, tea
     A write that fails (no space left, a quota, a read-only disk) leaves no temp directory behind and
     raises an LssError naming the previous checkpoint, which is untouched."""
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(ckpt_dir)
     name = f"{PREFIX}{step:08d}"
-    previous = latest_checkpoint(ckpt_dir)
-    tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"
-    try:
-        _write_files(tmp, step=step, epoch=epoch, student=student, teacher=teacher, state=state,
-                     optimizer=optimizer, meta=meta)
-        final = _move_into_place(tmp, ckpt_dir / name)
-    except (OSError, SafetensorError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        raise LssError(f"could not save checkpoint {ckpt_dir / name}: {_why(e)}; its partial files were removed "
-                       f"and {kept}", hint=_save_hint(e)) from None
+    final = _save_dir(ckpt_dir, name, lambda: latest_checkpoint(ckpt_dir), step=step, epoch=epoch, student=student,
+                      teacher=teacher, state=state, optimizer=optimizer, meta=meta)
     try:
         write_text_atomic(ckpt_dir / "last", name + "\n")
     except OSError as e:
@@ -133,6 +128,45 @@ def save_checkpoint(ckpt_dir: str | Path, *, step: int, epoch: int, student, tea
                        hint=_save_hint(e) + " (it resumes from the newest intact checkpoint, this one)") from None
     _prune(ckpt_dir, keep_last, protect=name)
     return final
+
+
+def save_best_checkpoint(ckpt_dir: str | Path, *, step: int, epoch: int, student, teacher, state: dict,
+                         optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> Path:
+    """Write `ckpt_dir/best` atomically, replacing the previous best. Rank 0 only.
+
+    A whole checkpoint, so `lss export`, `lss eval --checkpoint` and `load_checkpoint` read it like
+    a `step_*` directory; `meta` says why it is the best (`best_meta` reads it back)."""
+    ckpt_dir = Path(ckpt_dir)
+    previous = ckpt_dir / BEST
+    return _save_dir(ckpt_dir, BEST, lambda: previous if (previous / "meta.json").is_file() else None, step=step,
+                     epoch=epoch, student=student, teacher=teacher, state=state, optimizer=optimizer, meta=meta)
+
+
+def best_meta(ckpt_dir: str | Path) -> dict[str, Any] | None:
+    """meta.json of `ckpt_dir/best`, or None when there is none or it cannot be read (a later
+    best replaces it then)."""
+    try:
+        return json.loads((Path(ckpt_dir) / BEST / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _save_dir(ckpt_dir: Path, name: str, previous: Callable[[], Path | None], **files: Any) -> Path:
+    """Write checkpoint directory `ckpt_dir/name` atomically (`_write_files` into a temp dir, then
+    renamed). A failed write leaves no temp directory and raises an LssError saying that
+    `previous()`, the checkpoint a reader falls back to, is intact."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(ckpt_dir)
+    before = previous()
+    tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"
+    try:
+        _write_files(tmp, **files)
+        return _move_into_place(tmp, ckpt_dir / name)
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"the previous checkpoint {before} is intact" if before else "no earlier checkpoint exists"
+        raise LssError(f"could not save checkpoint {ckpt_dir / name}: {_why(e)}; its partial files were removed "
+                       f"and {kept}", hint=_save_hint(e)) from None
 
 
 def _write_files(tmp: Path, *, step: int, epoch: int, student, teacher, state: dict,
@@ -194,13 +228,20 @@ def _pid_alive(pid: int) -> bool:
 def _remove_stale_temps(ckpt_dir: Path) -> None:
     """Remove hidden temp files and dirs (`.tmp-step_*-<pid>`, `.old-step_*-<pid>`, `.last.tmp-<pid>`)
     that a killed or failed save left: those of this process (its saves run one at a time, so none
-    is in progress now) and of processes that no longer exist."""
+    is in progress now) and of processes that no longer exist. An `.old-<name>-<pid>` whose
+    `<name>` is missing was renamed aside by a writer killed before its replacement took the
+    name: it is put back, not removed."""
     for entry in ckpt_dir.iterdir():
         if not any(fnmatch.fnmatch(entry.name, pattern) for pattern in TEMP_PATTERNS):
             continue
         pid = entry.name.rpartition("-")[2]
         if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
             continue  # a live writer's; a second writer of one run dir is not ours to clean up after
+        if entry.name.startswith(".old-") and entry.is_dir() and not entry.is_symlink():
+            original = ckpt_dir / entry.name[len(".old-"):].rpartition("-")[0]
+            if not original.exists():
+                os.rename(entry, original)
+                continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:

@@ -33,8 +33,14 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+# A CPU (gloo) group for small host-side votes beside an NCCL default group; None = the default
+# group (already gloo on CPU). Set by init_distributed.
+_host_group = None
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Initialise the process group when launched by torchrun; otherwise a no-op."""
+    global _host_group
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
@@ -43,7 +49,18 @@ def init_distributed(device_type: str) -> DistInfo:
         if backend == "nccl":
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)
+        _host_group = dist.new_group(backend="gloo") if backend == "nccl" else None
     return info
+
+
+def any_rank(flag: bool) -> bool:
+    """True when `flag` is true on any rank (every rank calls this at the same point; no-op without a
+    process group). Host to host over gloo: it waits for the other ranks, never for the GPU."""
+    if not is_distributed():
+        return flag
+    vote = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=_host_group)
+    return bool(vote.item())
 
 
 def barrier() -> None:
@@ -60,5 +77,7 @@ def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def cleanup() -> None:
+    global _host_group
     if is_distributed():
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # (every group, the host group included)
+    _host_group = None

@@ -61,7 +61,8 @@ def load_clip_and_bank(cfg: TrainConfig) -> tuple[Clip, BankTensors]:
     """The run's CLIP (on the CPU) and the tensors of its concept bank, which must have been built
     with the same model and weights."""
     clip = load_clip(cfg.model.name, cfg.model.pretrained, device="cpu", seed=cfg.run.seed)
-    bank = load_concept_bank(cfg.loss.concepts, expect_model=cfg.model.name, expect_weights=clip.weights_id)
+    bank = load_concept_bank(cfg.loss.concepts, expect_model=cfg.model.name, expect_weights=clip.weights_id,
+                             expect_weights_source=clip.weights_source)
     return clip, {"category": bank.category, "description": bank.description,
                   "description_owner": bank.description_owner}
 
@@ -94,7 +95,7 @@ def build_components(cfg: TrainConfig, clip: Clip, bank: BankTensors, device: to
     options = dict(compile_options or {})
     autocast_dtype = default_autocast_dtype(device)
     header = {
-        "model": f"{cfg.model.name} ({clip.weights_id}), temporal={cfg.model.temporal}",
+        "model": f"{cfg.model.name} ({clip.weights_source}), temporal={cfg.model.temporal}",
         "params": f"{sum(p.numel() for p in student_raw.parameters()) / 1e6:.2f}M "
                   f"({sum(p.numel() for p in student_raw.temporal_parameters()) / 1e6:.2f}M temporal)",
         "views": f"{cfg.views.global_views}x{cfg.views.global_frames}x{cfg.views.global_size}px global + "

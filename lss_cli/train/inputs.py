@@ -21,8 +21,9 @@ from lss_cli.data.stills import attribute_prompts
 from lss_cli.data.synth import benchmark_spec, generate
 from lss_cli.data.video_io import check_video
 from lss_cli.errors import ConfigError, LssError
-from lss_cli.runtime.metrics import tensorboard_writer_class
+from lss_cli.runtime.metrics import tensorboard_writer_class, wandb_module
 from lss_cli.runtime.progress import log
+from lss_cli.train.periodic_eval import held_out_videos
 
 
 def _synthetic(cfg: TrainConfig) -> bool:
@@ -33,6 +34,10 @@ def check_inputs(cfg: TrainConfig) -> None:
     """Fail fast, naming the missing input and how to make it."""
     if cfg.log.tensorboard:
         tensorboard_writer_class()  # raises, saying how to install it, when tensorboard is missing
+    if cfg.log.wandb:
+        wandb_module()  # the same for wandb
+    if cfg.eval.every:
+        held_out_videos(cfg)  # a wrong held-out list is refused before any model is built
     if not Path(cfg.loss.concepts).is_file() and not _synthetic(cfg):
         raise ConfigError(f"concept bank not found: {cfg.loss.concepts}",
                           hint="build it with `lss build-concepts ... --out " + cfg.loss.concepts + "`")

@@ -3,7 +3,9 @@
 The same code runs on a laptop CPU with the tiny model, on one GPU, and under
 `torchrun --nproc-per-node N -m lss_cli train ...` (DDP; NCCL on GPU, gloo on CPU). The models,
 loss, optimizer and schedules come from `lss_cli.train.build`; one optimizer step is
-`lss_cli.train.step.train_step`.
+`lss_cli.train.step.train_step`. With `eval.every`, `lss_cli.train.periodic_eval` scores the
+teacher on a held-out list at those steps (their metrics.jsonl lines carry the numbers) and keeps
+the best as checkpoints/best.
 
 Determinism (what makes `--resume` exact): data order is a function of (seed, epoch); the
 frame sampling of a sample is a function of (seed, epoch, index); the device-side augmentation of
@@ -35,14 +37,15 @@ from lss_cli.data.loader import TrainLoader, build_train_loader
 from lss_cli.errors import LssError
 from lss_cli.runtime.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
 from lss_cli.runtime.device import resolve_device
-from lss_cli.runtime.dist import DistInfo, all_reduce_mean_, barrier, cleanup, init_distributed
-from lss_cli.runtime.metrics import MetricsWriter, read_metrics
+from lss_cli.runtime.dist import DistInfo, all_reduce_mean_, any_rank, barrier, cleanup, init_distributed
+from lss_cli.runtime.metrics import MetricsWriter, WandbRun, read_metrics
 from lss_cli.runtime.outputs import write_text_atomic
 from lss_cli.runtime.progress import log, make_progress, progress_enabled
 from lss_cli.runtime.rundir import make_run_dir, write_run_files
 from lss_cli.runtime.seeding import seed_everything
 from lss_cli.train.build import Components, build_components, load_clip_and_bank
 from lss_cli.train.inputs import check_inputs, ensure_synthetic_inputs, explain_loader_failure
+from lss_cli.train.periodic_eval import PeriodicEval, build_periodic_eval
 from lss_cli.train.resume import (
     apply_checkpoint,
     check_config,
@@ -73,6 +76,7 @@ class Trainer(Components):
     started: float = 0.0  # perf_counter when this process began its steps (wall time, ETA)
     first_step: int = 0  # the step this process began at (> 0 when resumed)
     last_record: dict[str, Any] | None = None  # the newest metrics.jsonl line (the summary's final loss)
+    evaluator: PeriodicEval | None = None  # eval.every > 0: the teacher's zero-shot accuracy on a held-out list
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,10 +101,15 @@ def train_one_epoch(t: Trainer, epoch: int, progress: Progress, task: TaskID) ->
         clips += sum(b["global"].shape[0] for b in micro)
         micro = []
         t.step += 1
+        # Under DDP a stop signal reaches the ranks at different moments (each node's own); all stop
+        # after the same step, or a rank still going would wait forever in the next all-reduce.
+        t.stop_requested = any_rank(t.stop_requested)
         progress.update(task, advance=1)
-        if t.step % cfg.log.every == 0 or t.step == len(t.schedules):
-            elapsed = time.perf_counter() - tic
-            record = _log_step(t, epoch, parts, clips * t.dist.world_size / max(elapsed, 1e-9))
+        # A requested stop skips the evaluation: the checkpoint comes first (SLURM's warning may be short).
+        evaluate = t.evaluator is not None and t.evaluator.due(t.step, len(t.schedules)) and not t.stop_requested
+        if evaluate or t.step % cfg.log.every == 0 or t.step == len(t.schedules):
+            elapsed = time.perf_counter() - tic  # the evaluation's time is not the training's throughput
+            record = _log_step(t, epoch, parts, clips * t.dist.world_size / max(elapsed, 1e-9), evaluate)
             _show_step(t, record, progress, task)
             tic, clips = time.perf_counter(), 0
         if t.step % cfg.log.save_every == 0 or t.stop_requested:
@@ -133,8 +142,10 @@ def _reduce_parts(parts: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(keys, stacked.tolist(), strict=True))
 
 
-def _log_step(t: Trainer, epoch: int, parts: dict[str, torch.Tensor], clips_per_s: float) -> dict[str, Any]:
-    """Write the step's metrics.jsonl line (every rank reduces the parts; rank 0 writes); returns it."""
+def _log_step(t: Trainer, epoch: int, parts: dict[str, torch.Tensor], clips_per_s: float,
+              evaluate: bool = False) -> dict[str, Any]:
+    """Write the step's metrics.jsonl line (every rank reduces the parts; rank 0 writes); returns it.
+    `evaluate`: every rank runs the periodic evaluation, whose numbers join the line."""
     values = _reduce_parts(parts)
     if not math.isfinite(values["loss"]):
         lr = float(t.schedules.lr[t.step - 1])
@@ -151,6 +162,8 @@ def _log_step(t: Trainer, epoch: int, parts: dict[str, torch.Tensor], clips_per_
               "clips_per_s": clips_per_s, "skipped_videos": t.loader.skipped_total}
     if t.device.type == "cuda":
         record["gpu_mem_gib"] = torch.cuda.max_memory_allocated(t.device) / 2**30
+    if evaluate and t.evaluator is not None:
+        record.update(t.evaluator.evaluate(t, t.step, epoch=t.step // t.iters_per_epoch) or {})
     if t.metrics is not None:
         t.metrics.write(record)
     t.last_record = record
@@ -218,7 +231,8 @@ def run_epochs(t: Trainer) -> None:
         task = progress.add_task("train", total=total, completed=t.step, loss="")
         for epoch in range(t.step // t.iters_per_epoch, t.cfg.optim.epochs):
             train_one_epoch(t, epoch, progress, task)
-            if t.stop_requested:  # Ctrl-C while the loader was stopping: the step count is whole
+            if any_rank(t.stop_requested):  # Ctrl-C while the loader was stopping: the step count is whole
+                t.stop_requested = True
                 _save(t)
                 raise KeyboardInterrupt
     if t.step % t.cfg.log.save_every != 0:
@@ -274,8 +288,9 @@ def setup(cfg: TrainConfig) -> Trainer:
     loader = build_train_loader(cfg.data, cfg.views, seed=cfg.run.seed, rank=dist.rank, world_size=dist.world_size)
     accum, iters_per_epoch = _batch_plan(cfg, dist, len(loader))
     components = build_components(cfg, clip, bank, device, iters_per_epoch=iters_per_epoch, accum=accum, dist=dist)
+    evaluator = build_periodic_eval(cfg, clip, components.teacher, device, run_dir / "checkpoints")
     t = Trainer(**vars(components), run_dir=run_dir, loader=loader, iters_per_epoch=iters_per_epoch, accum=accum,
-                resume_from=resume_from, config_changed=config_changed)
+                resume_from=resume_from, config_changed=config_changed, evaluator=evaluator)
     t.header["run dir"] = str(run_dir)
     return t
 
@@ -315,8 +330,9 @@ def _stop_on_signals(t: Trainer) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:  # raised by the loop once the checkpoint of a requested stop is saved
-        if received:
-            _say_stopped(f"{received[0]}: stopped at step {t.step}, checkpoint saved; continue with --resume")
+        if received or t.stop_requested:
+            why = received[0] if received else "another rank was asked to stop"
+            _say_stopped(f"{why}: stopped at step {t.step}, checkpoint saved; continue with --resume")
         raise
     finally:
         for name, handler in previous.items():
@@ -354,14 +370,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             _resume(t)
         if t.dist.is_main:
             write_run_files(t.run_dir, dump_yaml(_as_recorded(cfg)), device=str(t.device))
-            t.metrics = MetricsWriter(t.run_dir / "metrics.jsonl", tensorboard=cfg.log.tensorboard)
+            wandb = WandbRun(cfg.log.wandb_project, t.run_dir.name, to_dict(cfg)) if cfg.log.wandb else None
+            t.metrics = MetricsWriter(t.run_dir / "metrics.jsonl", tensorboard=cfg.log.tensorboard, wandb=wandb)
             for k, v in t.header.items():
                 log(str(v), lead=f"{k:>8}  ")
         with _stop_on_signals(t):
             run_epochs(t)
         return {"is_main": t.dist.is_main, "run_dir": str(t.run_dir), "steps": t.step,
                 **_throughput(t), "skipped_videos": t.loader.skipped_total,
-                "checkpoint": str(latest_checkpoint(t.run_dir / "checkpoints"))}
+                "checkpoint": str(latest_checkpoint(t.run_dir / "checkpoints")),
+                **(t.evaluator.summary() if t.evaluator is not None else {})}
     except KeyboardInterrupt:
         if t is None or not t.stop_requested:  # Ctrl-C before the loop took over the stop signals
             kept = "the run's checkpoints are unchanged; continue with --resume" if cfg.run.resume else "nothing was saved"

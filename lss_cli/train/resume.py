@@ -11,7 +11,7 @@ change, unless `run.allow_config_change` accepts it knowingly (the run is then n
 and the run's previous config.yaml is kept next to the new one). Keys that only say where and how
 the run executes or what it logs (`HARMLESS`) may change freely.
 
-`--overwrite` starts clean: the old run's metrics, TensorBoard events and checkpoints are moved
+`--overwrite` starts clean: the old run's metrics, TensorBoard events, W&B run and checkpoints are moved
 into a `replaced-<time>/` folder of the run dir (never deleted), so nothing of the old run mixes
 into the new one. With `--resume` it does nothing more than let the resume into the run dir.
 """
@@ -27,18 +27,21 @@ from typing import Any
 from lss_cli.config import TrainConfig, to_dict
 from lss_cli.errors import ConfigError, LssError
 from lss_cli.runtime.checkpoint import Checkpoint, load_newest_intact, set_rng_state
+from lss_cli.runtime.metrics import WANDB_ID_FILE
 from lss_cli.runtime.progress import log, warn
 from lss_cli.train.build import Components
 
 # Keys (or section prefixes) a resume may change: devices, compilation, memory, decoding workers,
-# logging and checkpoint cadence. None of them changes the numbers a step computes (beyond the
+# logging and checkpoint cadence, held-out evaluation (`eval.*`: it runs with the RNGs forked, so
+# the training is the same with or without it). None of them changes the numbers a step computes (beyond the
 # last-bit differences between devices or compiled kernels), and each is a reason to resume
 # elsewhere: a smaller GPU, a node with fewer cores.
 HARMLESS = ("run.output_dir", "run.name", "run.device", "run.overwrite", "run.resume", "run.allow_config_change",
-            "log.", "data.num_workers", "data.decode_timeout", "model.compile", "model.grad_checkpointing")
+            "log.", "eval.", "data.num_workers", "data.decode_timeout", "model.compile", "model.grad_checkpointing")
 
 # What --overwrite moves aside: what a training run appends to or reads back on resume.
-OLD_RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "events.out.tfevents.*", "config.until-step-*.yaml")
+OLD_RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "events.out.tfevents.*", "wandb", WANDB_ID_FILE,
+                   "config.until-step-*.yaml")
 
 
 # --------------------------------------------------------------------------------------------
