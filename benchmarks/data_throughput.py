@@ -10,14 +10,19 @@ Generates clips (cached in --out):
 
 Measures, with DataLoader workers = 1, 2 and all cores:
 - train: decoded + cropped/resized self-distillation samples/s (2 global x 8 frames at 224 + 8 local
-  x 8 frames at 96, the `views` defaults, docs/method.md §2): `lss_cli.data.loader.TrainClips`
-  (union of all views' indices in one `get_frames_at`, default `data.seek_mode`) vs naive (decode
-  the whole video, then index);
+  x 8 frames at 96, the `views` defaults, docs/method.md §2), three pipelines run interleaved
+  (`--repeats` rounds, medians): `new` = `lss_cli.data.loader.TrainClips` (union of all views'
+  indices in one `get_frames_at`, default `data.seek_mode`; each view's rows gathered with
+  `index_select` and resized into its slot of the sample), `old` = the sample code before the
+  CPU-side speed work (frozen here: `crop[rows]`, a copy per view, `torch.stack`), and naive
+  (decode the whole video, then index; the old crop code, as first measured);
 - eval: clips/s of 8-frame single views (segment centres, short side 224 bicubic, centre crop;
   4 clips x 3 crops for the short kind): `EvalClips` (exact seek) vs naive (decode everything,
   copy out every view's frames, resize each);
-- a one-core breakdown of a training sample (decode vs crop/resize) and the cost of the on-device
-  augmentation when the device is this CPU (on a GPU it is a few ms per batch).
+- a one-core breakdown of a training sample in CPU time (load-independent, interleaved, medians):
+  decode (exact and approximate seek; naive: every frame), crop/resize old vs new, and the
+  per-sample totals and ratios they imply; and the cost of the on-device augmentation when the
+  device is this CPU (on a GPU it is a few ms per batch).
 
 Run: `python benchmarks/data_throughput.py` (about 2 minutes on 2 cores, the first run also writes
 the clips; --quick for a smoke run).
@@ -30,6 +35,8 @@ import functools
 import json
 import math
 import os
+import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -52,7 +59,11 @@ from lss_cli.data.loader import (  # noqa: E402
     collate_eval,
     collate_train,
 )
-from lss_cli.data.sampling import multiview_indices, random_resized_crop_box  # noqa: E402
+from lss_cli.data.sampling import (  # noqa: E402
+    local_frame_counts,
+    multiview_indices,
+    random_resized_crop_box,
+)
 from lss_cli.data.video_io import encode_video, num_frames, open_video, read_union  # noqa: E402
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -146,7 +157,41 @@ def naive_read_selected(path, pick, *, seek_mode="exact", timeout=None, device="
     return frames[rows], list(torch.arange(len(rows)).split([len(v) for v in views]))
 
 
-class NaiveTrainClips(TrainClips):
+def old_crop_resize(frames, box, size, rows=None):
+    """`crop_resize` before the CPU-side speed work: advanced indexing on the strided crop, then a
+    contiguous copy of each view (the pixels are the same; tests/test_decode_speed.py)."""
+    top, left, h, w = box
+    crop = frames[:, :, top:top + h, left:left + w]
+    if rows is not None:
+        crop = crop[rows]
+    out = torch.nn.functional.interpolate(crop.contiguous(memory_format=torch.channels_last), size=(size, size),
+                                          mode="bicubic", antialias=True, align_corners=False)
+    return out.contiguous()
+
+
+class OldTrainClips(TrainClips):
+    """The training sample code before the CPU-side speed work (frozen copy)."""
+
+    def _read(self, index, g):
+        v = self.views
+        frames, positions = self.reader(self.videos.path(index), lambda n: multiview_indices(n, v, g).all(),
+                                        seek_mode=self.data_cfg.seek_mode, timeout=self.data_cfg.decode_timeout)
+        h, w = frames.shape[-2:]
+        out = []
+        for i, rows in enumerate(positions):
+            is_global = i < v.global_views
+            scale, size = (v.global_scale, v.global_size) if is_global else (v.local_scale, v.local_size)
+            out.append(old_crop_resize(frames, random_resized_crop_box(h, w, scale, generator=g), size, rows))
+        glob = torch.stack(out[: v.global_views])
+        local = out[v.global_views:]
+        counts = local_frame_counts(v)
+        if len(set(counts)) <= 1:
+            local = torch.stack(local) if local else torch.zeros(0, counts[0] if counts else v.global_frames, 3,
+                                                                 v.local_size, v.local_size, dtype=torch.uint8)
+        return glob, local
+
+
+class NaiveTrainClips(OldTrainClips):
     reader = staticmethod(naive_read_union)
 
 
@@ -173,9 +218,12 @@ def rate(dataset, sampler, collate, batch_size: int, workers: int, samples: int)
     return n / elapsed
 
 
-def train_rate(paths, naive: bool, workers: int, samples: int, batch_size: int) -> float:
+TRAIN_PIPELINES = {"new": TrainClips, "old": OldTrainClips, "naive": NaiveTrainClips}
+
+
+def train_rate(paths, pipeline: str, workers: int, samples: int, batch_size: int) -> float:
     videos = VideoList("/", [str(p) for p in paths] * 64, [-1] * (64 * len(paths)), [])
-    cls = NaiveTrainClips if naive else TrainClips
+    cls = TRAIN_PIPELINES[pipeline]
     dataset = cls(videos, DataConfig(), ViewsConfig(), seed=0)  # the default seek mode (exact)
     sampler = TrainShardSampler(len(videos), seed=0)
     return rate(dataset, sampler, collate_train, batch_size, workers, samples)
@@ -191,27 +239,65 @@ def eval_rate(paths, naive: bool, workers: int, samples: int, batch_size: int,
     return rate(dataset, EvalShardSampler(len(videos)), collate_eval, batch_size, workers, samples)
 
 
+def _crop_old(frames, positions, views: ViewsConfig, g: torch.Generator) -> None:
+    h, w = frames.shape[-2:]
+    out = []
+    for i, rows in enumerate(positions):
+        glob = i < views.global_views
+        box = random_resized_crop_box(h, w, views.global_scale if glob else views.local_scale, generator=g)
+        out.append(old_crop_resize(frames, box, views.global_size if glob else views.local_size, rows))
+    torch.stack(out[: views.global_views]), torch.stack(out[views.global_views:])
+
+
+def _crop_new(frames, positions, views: ViewsConfig, g: torch.Generator) -> None:
+    h, w = frames.shape[-2:]
+    glob = torch.empty(views.global_views, views.global_frames, 3, views.global_size, views.global_size, dtype=torch.uint8)
+    local = torch.empty(views.local_views, local_frame_counts(views)[0], 3, views.local_size, views.local_size,
+                        dtype=torch.uint8)
+    for i, rows in enumerate(positions):
+        is_global = i < views.global_views
+        box = random_resized_crop_box(h, w, views.global_scale if is_global else views.local_scale, generator=g)
+        crop_resize(frames, box, views.global_size if is_global else views.local_size, rows,
+                    out=glob[i] if is_global else local[i - views.global_views])
+
+
+def _pick(n: int, views: ViewsConfig, seed: int) -> list[torch.Tensor]:
+    return multiview_indices(n, views, torch.Generator().manual_seed(seed)).all()
+
+
 def breakdown(paths, repeats: int) -> dict:
-    """One core, no DataLoader: ms per training sample in decode (both seek modes) and crop/resize."""
+    """One core, no DataLoader, CPU time of this process (so other jobs' load barely moves it):
+    ms per training sample in each step, the variants interleaved in every round, medians."""
     views = ViewsConfig()
-    total = {"approximate": 0.0, "exact": 0.0, "crop": 0.0}
+    times: dict[str, list[float]] = {k: [] for k in ("decode_approximate", "decode_exact", "decode_naive", "crop_old",
+                                                     "crop_new", "getitem_new", "getitem_old", "getitem_naive")}
+
+    def timed(key, fn, *args, **kwargs):
+        t0 = time.process_time()
+        result = fn(*args, **kwargs)
+        times[key].append(1000 * (time.process_time() - t0))
+        return result
+
     for r in range(repeats):
-        for mode in ("approximate", "exact"):
-            g = torch.Generator().manual_seed(r)
-            t0 = time.perf_counter()
-            frames, positions = read_union(paths[r % len(paths)], lambda n, g=g: multiview_indices(n, views, g).all(),
-                                          seek_mode=mode)
-            total[mode] += time.perf_counter() - t0
-        t1 = time.perf_counter()
-        h, w = frames.shape[-2:]
-        for i, rows in enumerate(positions):
-            glob = i < views.global_views
-            box = random_resized_crop_box(h, w, views.global_scale if glob else views.local_scale, generator=g)
-            crop_resize(frames, box, views.global_size if glob else views.local_size, rows)
-        total["crop"] += time.perf_counter() - t1
-    union = len(torch.unique(torch.cat(multiview_indices(300, views, torch.Generator().manual_seed(0)).all())))
-    return {"decode_approximate_ms": 1000 * total["approximate"] / repeats, "decode_exact_ms": 1000 * total["exact"] / repeats,
-            "crop_resize_ms": 1000 * total["crop"] / repeats, "union_frames_of_300": union}
+        path = paths[r % len(paths)]
+        pick = functools.partial(_pick, views=views, seed=r)
+        timed("decode_approximate", read_union, path, pick, seek_mode="approximate")
+        frames, positions = timed("decode_exact", read_union, path, pick, seek_mode="exact")
+        timed("decode_naive", naive_read_union, path, pick)
+        timed("crop_old", _crop_old, frames, positions, views, torch.Generator().manual_seed(r))
+        timed("crop_new", _crop_new, frames, positions, views, torch.Generator().manual_seed(r))
+    # The whole sample as a DataLoader worker builds it (`__getitem__`: decode thread, crops, views).
+    videos = VideoList("/", [str(p) for p in paths], [-1] * len(paths), [])
+    datasets = {name: cls(videos, DataConfig(), views, seed=0) for name, cls in TRAIN_PIPELINES.items()}
+    for r in range(repeats):
+        for name, dataset in datasets.items():
+            timed(f"getitem_{name}", dataset.__getitem__, (r, r % len(paths)))
+    med = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
+    med["sample_old_ms"] = med["decode_exact_ms"] + med["crop_old_ms"]
+    med["sample_new_ms"] = med["decode_exact_ms"] + med["crop_new_ms"]
+    med["sample_naive_ms"] = med["decode_naive_ms"] + med["crop_old_ms"]
+    med["union_frames_of_300"] = len(torch.unique(torch.cat(multiview_indices(300, views, torch.Generator().manual_seed(0)).all())))
+    return med
 
 
 def augment_cost(batch_size: int = 4) -> float:
@@ -236,17 +322,20 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2,all", help="DataLoader worker counts ('all' = every core)")
     ap.add_argument("--samples", type=int, default=16, help="training samples timed per measurement")
     ap.add_argument("--eval-samples", type=int, default=32, help="eval clips timed per measurement")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the train pipelines (medians)")
+    ap.add_argument("--breakdown-repeats", type=int, default=12, help="rounds of the one-core breakdown")
     ap.add_argument("--quick", action="store_true", help="tiny run: 1 kind, 8 samples")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     if args.quick:
         args.kinds, args.samples, args.eval_samples, args.clips, args.workers = "mp4-340x256", 8, 16, 2, "1"
+        args.repeats, args.breakdown_repeats = 1, 2
     cores = os.cpu_count() or 1
     workers = sorted({cores if w == "all" else int(w) for w in args.workers.split(",")})
     torch.set_num_threads(1)  # the main process only collects batches
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"torch {torch.__version__}, {cores} cores, load average before the run {os.getloadavg()[0]:.2f}, "
-          f"clips in {args.out}")
+    print(f"torch {torch.__version__}, {cores} cores ({platform.processor() or platform.machine()}), "
+          f"load average before the run {os.getloadavg()[0]:.2f}, clips in {args.out}")
     results = {"cores": cores, "kinds": {}}
     for name in args.kinds.split(","):
         kind = KINDS[name]
@@ -267,21 +356,40 @@ def main() -> None:
 
 
 def measure_kind(paths: list[Path], workers: list[int], args, eval_views: tuple[int, int, int]) -> dict:
-    out = {"breakdown": breakdown(paths, 6 if not args.quick else 2), "rows": []}
+    out = {"breakdown": breakdown(paths, args.breakdown_repeats), "rows": []}
     b = out["breakdown"]
-    print(f"one core, per training sample: decode {b['decode_approximate_ms']:.0f} ms approximate seek / "
-          f"{b['decode_exact_ms']:.0f} ms exact seek (the union of all views is ~{b['union_frames_of_300']} distinct "
-          f"frames of a 300-frame clip), crop+resize {b['crop_resize_ms']:.0f} ms")
+    print(f"one core, CPU ms per training sample (medians of {args.breakdown_repeats} interleaved rounds): decode "
+          f"{b['decode_approximate_ms']:.1f} approximate seek / {b['decode_exact_ms']:.1f} exact seek / "
+          f"{b['decode_naive_ms']:.1f} naive (the union of all views is ~{b['union_frames_of_300']} distinct frames of a "
+          f"300-frame clip); crop+resize {b['crop_old_ms']:.1f} old / {b['crop_new_ms']:.1f} new")
+    print(f"  per sample: old {b['sample_old_ms']:.1f}, new {b['sample_new_ms']:.1f}, naive {b['sample_naive_ms']:.1f} ms"
+          f" -> new/old {b['sample_old_ms'] / b['sample_new_ms']:.2f}x, new/naive "
+          f"{b['sample_naive_ms'] / b['sample_new_ms']:.2f}x, old/naive {b['sample_naive_ms'] / b['sample_old_ms']:.2f}x")
+    print(f"  whole samples (TrainClips.__getitem__): old {b['getitem_old_ms']:.1f}, new {b['getitem_new_ms']:.1f}, naive "
+          f"{b['getitem_naive_ms']:.1f} ms -> new/old {b['getitem_old_ms'] / b['getitem_new_ms']:.2f}x, new/naive "
+          f"{b['getitem_naive_ms'] / b['getitem_new_ms']:.2f}x")
+    print(f"{'task':<6} {'workers':>7} {'new/s':>8} {'old/s':>8} {'naive/s':>8} {'new/old':>8} {'new/naive':>10} "
+          f"{'old/naive':>10}  (train: medians of {args.repeats} interleaved rounds)")
+    for w in workers:
+        rounds: dict[str, list[float]] = {k: [] for k in TRAIN_PIPELINES}
+        for _ in range(args.repeats):
+            for name in TRAIN_PIPELINES:
+                samples = args.samples if name != "naive" else max(4, args.samples // 2)
+                rounds[name].append(train_rate(paths, name, w, samples, 4))
+        r = {k: statistics.median(v) for k, v in rounds.items()}
+        out["rows"].append({"task": "train", "workers": w, "pipeline": r["new"], "old": r["old"], "naive": r["naive"],
+                            "rounds": rounds})
+        print(f"{'train':<6} {w:>7} {r['new']:>8.1f} {r['old']:>8.1f} {r['naive']:>8.1f} {r['new'] / r['old']:>7.2f}x "
+              f"{r['new'] / r['naive']:>9.2f}x {r['old'] / r['naive']:>9.2f}x", flush=True)
     print(f"eval views: {eval_views[0]} frames x {eval_views[1]} clip(s) x {eval_views[2]} crop(s)")
     print(f"{'task':<6} {'workers':>7} {'pipeline/s':>11} {'per core':>9} {'naive/s':>9} {'per core':>9} {'speed-up':>9}")
     evaluate = functools.partial(eval_rate, views=eval_views)
-    for task, fn, samples, bs in (("train", train_rate, args.samples, 4), ("eval", evaluate, args.eval_samples, 8)):
-        for w in workers:
-            fast = fn(paths, False, w, samples, bs)
-            slow = fn(paths, True, w, max(bs, samples // 2), bs)
-            out["rows"].append({"task": task, "workers": w, "pipeline": fast, "naive": slow})
-            print(f"{task:<6} {w:>7} {fast:>11.1f} {fast / w:>9.1f} {slow:>9.1f} {slow / w:>9.1f} {fast / slow:>8.2f}x",
-                  flush=True)
+    for w in workers:
+        fast = evaluate(paths, False, w, args.eval_samples, 8)
+        slow = evaluate(paths, True, w, max(8, args.eval_samples // 2), 8)
+        out["rows"].append({"task": "eval", "workers": w, "pipeline": fast, "naive": slow})
+        print(f"{'eval':<6} {w:>7} {fast:>11.1f} {fast / w:>9.1f} {slow:>9.1f} {slow / w:>9.1f} {fast / slow:>8.2f}x",
+              flush=True)
     return out
 
 

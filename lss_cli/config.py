@@ -177,6 +177,7 @@ class ModelConfig:
     pretrained: str | None = "openai"  # open_clip tag, local weights file, local-dir:PATH, or null
     temporal: Literal["divided", "mean"] = "divided"  # divided space-time attention, or mean pooling
     num_frames: int = 8  # T the temporal position embedding is created for (interpolated otherwise)
+    init: str | None = None  # start student and teacher from a trained model's video encoder (export file or folder, hf-hub:org/name, run dir); None = CLIP's image tower
     grad_checkpointing: bool = False  # recompute block activations in backward to save memory
     compile: bool | None = None  # torch.compile the towers; None = on for CUDA, off on CPU
 

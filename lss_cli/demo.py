@@ -22,7 +22,8 @@ Stages, each writing into the demo's run dir:
 4. `train/`: LSS self-distillation with the settings of `examples/synthetic_tiny.yaml`.
 5. `model.safetensors`: the exported teacher (what `lss export` writes).
 6. `eval/trained-zero-shot/`, `eval/trained-linear-probe/`: the trained teacher.
-7. `summary.json`: baseline vs trained, stage timings and every path written.
+7. `summary.json`: baseline vs trained (the table `lss results compare` prints for the four
+   results files), stage timings and every path written.
 
 All evaluations share one feature cache (`feature-cache/`). `benchmarks/learning.py` runs this
 for several seeds and ablations (`DemoSettings.overrides`) and prints mean +- std.
@@ -31,6 +32,7 @@ for several seeds and ablations (`DemoSettings.overrides`) and prints mean +- st
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ from typing import Any
 from lss_cli.config import EvalConfig, TrainConfig, load_config
 from lss_cli.data.synth import benchmark_spec, generate
 from lss_cli.errors import ConfigError
+from lss_cli.eval.compare import Comparison, compare, header, row_name, text_rows
 from lss_cli.eval.results import evaluate
 from lss_cli.models.artefact import export_teacher
 from lss_cli.resources import example_path
@@ -102,24 +105,19 @@ def _evaluate_model(stages: _Stages, run: Path, tag: str, checkpoint: str, data_
             for p in PROTOCOLS}
 
 
-COMPARED = (("zero-shot", "top1"), ("zero-shot", "direction_accuracy"), ("linear-probe", "top1"),
-            ("linear-probe", "direction_accuracy"))
+LABELS = ("baseline (untrained)", "trained")  # the table's columns
 
 
-def _metric_name(protocol: str, metric: str) -> str:
-    return f"{protocol} {'direction' if metric == 'direction_accuracy' else metric.replace('top', 'top-')}"
+def _comparison(baseline: dict[str, dict[str, Any]], trained: dict[str, dict[str, Any]]) -> Comparison:
+    """Baseline vs trained, as `lss results compare` tabulates them: top-1 and, when the classes
+    include a time-reversal pair, the direction accuracy, for each protocol (accuracies in [0, 1])."""
+    return compare([baseline[p] for p in PROTOCOLS] + [trained[p] for p in PROTOCOLS], labels=list(LABELS))
 
 
-def _comparison(baseline: dict[str, dict[str, Any]], trained: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of the summary table: metric, baseline, trained (accuracies in [0, 1]). Direction rows
-    only when the classes include a time-reversal pair."""
-    rows = []
-    for protocol, metric in COMPARED:
-        if metric not in baseline[protocol]["summary"]:
-            continue
-        b, t = baseline[protocol]["summary"][metric]["mean"], trained[protocol]["summary"][metric]["mean"]
-        rows.append({"metric": _metric_name(protocol, metric), "baseline": b, "trained": t, "change": t - b})
-    return rows
+def _comparison_rows(c: Comparison) -> list[dict[str, Any]]:
+    """summary.json's `comparison`: metric, baseline, trained, change per row."""
+    return [{"metric": row_name(c, row), "baseline": row.values[0], "trained": row.values[1],
+             "change": row.changes[0]} for row in c.rows]
 
 
 def _check_settings(settings: DemoSettings) -> None:
@@ -167,13 +165,17 @@ def run_demo(output_dir: str | Path | None = None, settings: DemoSettings | None
     model_file = run / "model.safetensors"
     stages.run("export the teacher", export_teacher, trained_run["run_dir"], model_file)
     trained = _evaluate_model(stages, run, "trained", str(model_file), data_root, settings.seed)
+    comparison = _comparison(baseline, trained)
     summary = {
         "run_dir": str(run),
         "settings": asdict(settings),
         "dataset": {k: data[k] for k in ("classes", "train", "test", "frames", "size", "pairs")},
         "training": {"steps": trained_run["steps"], "epochs": train_cfg.optim.epochs,
                      "skipped_videos": trained_run["skipped_videos"]},
-        "comparison": _comparison(baseline, trained),
+        "comparison": _comparison_rows(comparison),
+        "table": {"header": header(comparison), "rows": text_rows(comparison)},
+        "compare_command": shlex.join(["lss", "results", "compare", str(run / "eval"), "--label", LABELS[0],
+                                       "--label", LABELS[1]]),
         "views": baseline["zero-shot"]["views"],
         "paths": _paths(run, data_root, trained_run, model_file, baseline, trained),
         "stage_seconds": stages.seconds,

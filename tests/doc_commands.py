@@ -19,12 +19,24 @@ from lss_cli.config import CONFIGS, load_config
 # `lss <words>` -> the config its positional `[CONFIG] key=value ...` arguments build.
 CONFIG_OF = {("train",): CONFIGS["train"], ("describe",): CONFIGS["describe"],
              ("build-concepts",): CONFIGS["build-concepts"], ("eval", "zero-shot"): CONFIGS["eval"],
-             ("eval", "linear-probe"): CONFIGS["eval"]}
+             ("eval", "linear-probe"): CONFIGS["eval"], ("features",): CONFIGS["eval"]}
 
 
-def shell_lines(markdown: str, heading: str) -> list[str]:
+def shell_lines(markdown: str, heading: str | None = None) -> list[str]:
     """The commands in the ```bash blocks of the section under `heading` (up to the next heading of
-    the same or a higher level): continuation lines joined, comments dropped."""
+    the same or a higher level; None: the whole document): continuation lines joined, comments dropped."""
+    section = markdown if heading is None else _section(markdown, heading)
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #")[0].strip() if not line.lstrip().startswith("#") else ""
+            if line:
+                lines.append(line)
+    return lines
+
+
+def _section(markdown: str, heading: str) -> str:
+    """The text under `heading`, up to the next heading of the same or a higher level."""
     level = len(heading) - len(heading.lstrip("#"))
     all_lines = markdown.splitlines(keepends=True)
     start = next(i for i, line in enumerate(all_lines) if line.rstrip("\n") == heading)
@@ -34,14 +46,7 @@ def shell_lines(markdown: str, heading: str) -> list[str]:
         if not fenced and re.match(rf"#{{1,{level}}} ", all_lines[i]):
             end = i
             break
-    section = "".join(all_lines[start:end])
-    lines = []
-    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" #")[0].strip() if not line.lstrip().startswith("#") else ""
-            if line:
-                lines.append(line)
-    return lines
+    return "".join(all_lines[start:end])
 
 
 def shell_words(line: str) -> list[str]:
@@ -86,14 +91,14 @@ def check_lss_command(argv: list[str]) -> None:
     path = None
     if positional and "=" not in positional[0]:
         first, positional = positional[0], positional[1:]
-        if first.endswith(".yaml") or "/" not in first:
-            path = first  # a config file or a shipped config's name (a run dir is not loaded here)
+        if Path(first).is_file() or "/" not in first and not first.endswith(".yaml"):
+            path = first  # a config file here, or a shipped config's name (not a run dir, nor the user's own file)
     load_config(cls, path, positional)
 
 
-def check_document(path: Path, heading: str) -> list[list[str]]:
-    """Check every `lss` command of a document's section; returns them (so a test can also see
-    that the section holds the commands it should)."""
+def check_document(path: Path, heading: str | None = None) -> list[list[str]]:
+    """Check every `lss` command of a document's section (None: of the whole document); returns
+    them (so a test can also see that the section holds the commands it should)."""
     commands = [argv for line in shell_lines(path.read_text(), heading) if (argv := lss_argv(line)) is not None]
     for argv in commands:
         try:

@@ -28,6 +28,7 @@ CONFIG_OF = {
     "describe": DescribeConfig,
     "eval zero-shot": EvalConfig,
     "eval linear-probe": EvalConfig,
+    "features": EvalConfig,
     "config show": TrainConfig,  # --for train is its default
 }
 

@@ -278,6 +278,7 @@ def test_export_round_trip_equals_the_checkpoint(synth_dataset, tmp_path):
         "teacher.momentum=0.5", "teacher.momentum_end=0.5", "views.global_frames=4", "views.local_views=2",
         f"run.output_dir={tmp_path / 'train'}"])
     summary = train(cfg)
+    train_cfg = cfg
     assert summary["steps"] >= 2
     r = run_lss("export", tmp_path / "train", "--out", tmp_path / "model.safetensors", "--json")
     assert r.returncode == 0, r.stderr
@@ -300,6 +301,27 @@ def test_export_round_trip_equals_the_checkpoint(synth_dataset, tmp_path):
         results[name] = evaluate(cfg, "zero-shot", output_dir=tmp_path / f"eval-{name}")
     assert results["export"]["splits"][0]["predictions"] == results["ckpt"]["splits"][0]["predictions"]
     assert results["export"]["model_id"] != results["ckpt"]["model_id"]
+    _check_training_starts_from(train_cfg, tmp_path / "model.safetensors", from_export)
+
+
+def _check_training_starts_from(cfg: TrainConfig, export: Path, exported) -> None:
+    """model.init: a new run's student and teacher start as the exported teacher; a model trained
+    against other CLIP weights is refused (its concept space is not the run's)."""
+    import dataclasses
+
+    from lss_cli.errors import ConfigError
+    from lss_cli.models.clip import load_clip
+    from lss_cli.train.build import build_components, load_clip_and_bank
+
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init=str(export)))
+    clip, bank = load_clip_and_bank(cfg)
+    c = build_components(cfg, clip, bank, torch.device("cpu"), iters_per_epoch=1)
+    for name, value in exported.encoder.state_dict().items():
+        assert torch.equal(c.student_raw.state_dict()[name], value), name
+        assert torch.equal(c.teacher.state_dict()[name], value), name
+    assert "started from" in c.header["model"]
+    with pytest.raises(ConfigError, match="was trained from"):
+        build_components(cfg, load_clip(cfg.model.name, None, seed=1), bank, torch.device("cpu"), iters_per_epoch=1)
 
 
 def test_not_an_export_is_an_input_error(tmp_path):

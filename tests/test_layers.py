@@ -1,7 +1,7 @@
 """The package's layering: imports point down only, and no module imports itself in a circle.
 
 The layers, lowest first (README "Architecture"): core (config, errors, labels, resources,
-textfiles, hashing, runtime/) <- models <- describe <- concepts; data <- describe's records; train and eval
+textfiles, hashing, runtime/) <- models, describe <- concepts; data <- describe's records; train and eval
 each build on core, data, models and concepts; train also on eval (its periodic held-out evaluation and
 `lss plot`'s figure use evaluation's code), and eval never on train; the applications (demo,
 predict) above them; the CLI on top. Every import counts here, also ones inside functions and
@@ -25,17 +25,17 @@ LAYERS: dict[str, tuple[str, ...]] = {  # layer -> module prefixes it holds
     "data": ("lss_cli.data",),
     "train": ("lss_cli.train",),
     "eval": ("lss_cli.eval",),
-    "app": ("lss_cli.demo", "lss_cli.predict"),
+    "app": ("lss_cli.demo", "lss_cli.predict", "lss_cli.share", "lss_cli.api"),
     "cli": ("lss_cli.cli", "lss_cli.__main__"),
 }
-# What each layer may import besides itself. `describe` uses the models layer only for CLIP's
-# tokenizer (is a description short enough?); `data` uses describe's record format to write the
+# What each layer may import besides itself. `describe` uses only the core (its CLIP token count is
+# its own torch-free BPE, so `lss describe` never imports torch); `data` uses describe's record format to write the
 # synthetic set's descriptions. `train` uses `eval` for its periodic zero-shot evaluation (the same
 # scoring as `lss eval`) and matplotlib through eval.results; `eval` never uses `train`.
 MAY_IMPORT: dict[str, set[str]] = {
     "core": set(),
     "models": {"core"},
-    "describe": {"core", "models"},
+    "describe": {"core"},
     "concepts": {"core", "models", "describe"},
     "data": {"core", "describe"},
     "train": {"core", "models", "describe", "concepts", "data", "eval"},

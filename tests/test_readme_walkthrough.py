@@ -50,3 +50,7 @@ def test_the_checker_catches_what_a_rename_would_break():
         with pytest.raises(Exception):  # noqa: B017 (click usage errors, ConfigError, AssertionError alike)
             check_lss_command(argv)
     assert shell_words("A=1 lss train x 2> log | tee y") == ["lss", "train", "x"]
+
+
+def test_every_lss_command_in_the_readme_parses():
+    assert len(check_document(README, None)) > 40  # every section's code blocks, not only the walkthrough

@@ -48,7 +48,7 @@ def _root(
 
 
 COMMAND_MODULES = ("demo_cmd", "pretrain_cmd", "describe_cmd", "concepts_cmd", "train_cmd", "plot_cmd", "eval_cmd",
-                   "predict_cmd", "data_cmd", "labels_cmd", "config_cmd")
+                   "results_cmd", "features_cmd", "predict_cmd", "push_cmd", "data_cmd", "labels_cmd", "config_cmd")
 
 
 def _register() -> None:

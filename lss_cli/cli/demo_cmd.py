@@ -54,23 +54,18 @@ READING = (
 
 
 def render_demo(summary: dict[str, Any]) -> None:
-    from rich.table import Table
     from rich.text import Text
 
-    from lss_cli.cli.render import stdout
+    from lss_cli.cli.render import stdout, text_table
 
     d, v = summary["dataset"], summary["views"]
-    table = Table(title=f"LSS demo: {len(d['classes'])} synthetic motion classes ({len(d['pairs'])} time-reversal "
-                        f"pairs), {d['train']} train / {d['test']} test clips; lss-tiny (synthetic-world), "
-                        f"{summary['training']['steps']} training steps; eval {v['count']} view(s) "
-                        f"x {v['num_frames']} frames", title_justify="left")
-    for col in ("metric (%)", "baseline (untrained)", "trained", "change"):
-        table.add_column(col, justify="right")
-    for row in summary["comparison"]:
-        table.add_row(row["metric"], f"{100 * row['baseline']:.2f}", f"{100 * row['trained']:.2f}",
-                      f"{100 * row['change']:+.2f}")
-    stdout.print(table)
+    # The rows are `lss results compare`'s on the four results files (`summary["compare_command"]`).
+    stdout.print(text_table(f"LSS demo: {len(d['classes'])} synthetic motion classes ({len(d['pairs'])} time-reversal "
+                            f"pairs), {d['train']} train / {d['test']} test clips; lss-tiny (synthetic-world), "
+                            f"{summary['training']['steps']} training steps; eval {v['count']} view(s) "
+                            f"x {v['num_frames']} frames", summary["table"]["header"], summary["table"]["rows"]))
     stdout.print(READING)
+    stdout.print(f"The same table from the results files: {summary['compare_command']}")
     stdout.print(Text("Written", style="bold"))
     width = max(len(k) for k in summary["paths"])
     for name, path in summary["paths"].items():  # whole paths, one per line (a table would cut them)

@@ -27,10 +27,10 @@ TrainList = Annotated[str | None, typer.Option("--train-list", help="Training li
 Splits = Annotated[str | None, typer.Option("--splits", help="Splits to evaluate, comma-separated: 1,2,3 (ucf101, hmdb51, "
                                             "kinetics600-zs) or val (kinetics400/600; their test split may lack labels)."
                                             + _default("splits", "1,2,3, or val for kinetics400/600"))]
-Checkpoint = Annotated[str | None, typer.Option("--checkpoint", help="Exported model, run dir or checkpoint; `none` = CLIP baseline."
+Checkpoint = Annotated[str | None, typer.Option("--checkpoint", help="Exported model (file, folder or hf-hub:org/name[@rev]), run dir or checkpoint; `none` = CLIP baseline."
                                                 + _default("checkpoint", "the CLIP baseline"))]
-Model = Annotated[str | None, typer.Option("--model", help="CLIP model for the baseline (open_clip name)." + _default("model"))]
-Pretrained = Annotated[str | None, typer.Option("--pretrained", help="Baseline weights: tag, file, local-dir:PATH or none."
+Model = Annotated[str | None, typer.Option("--model", help="CLIP model for the baseline (open_clip name or hf-hub:org/name)." + _default("model"))]
+Pretrained = Annotated[str | None, typer.Option("--pretrained", help="Baseline weights: tag, file, local-dir:PATH, hf-hub:org/name or none."
                                                 + _default("pretrained"))]
 Templates = Annotated[str | None, typer.Option("--templates", help="Prompt templates (prompts/ name or path)." + _default("templates"))]
 Frames = Annotated[int | None, typer.Option("--num-frames", help="Frames per view." + _default("num_frames"))]

@@ -15,9 +15,9 @@ from lss_cli.cli.options import DEVICE_HELP, Json, Quiet
 def predict(
     videos: Annotated[list[Path], typer.Argument(help="Video files, or folders of them (the videos directly inside, by name).")],
     labels: Annotated[str, typer.Option("--labels", help='Label names: "a,b,c", a file (one per line) or a built-in set.')],
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Exported model or run dir [default: none = the CLIP baseline of --model and --pretrained].")] = None,
-    model: Annotated[str, typer.Option("--model", help="CLIP model when no checkpoint is given.")] = "ViT-B-16",
-    pretrained: Annotated[str, typer.Option("--pretrained", help="Its weights: tag, file, local-dir:PATH, none.")] = "openai",
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Exported model (file, folder or hf-hub:org/name[@rev]) or run dir [default: none = the CLIP baseline of --model and --pretrained].")] = None,
+    model: Annotated[str, typer.Option("--model", help="CLIP model when no checkpoint is given (open_clip name or hf-hub:org/name).")] = "ViT-B-16",
+    pretrained: Annotated[str, typer.Option("--pretrained", help="Its weights: tag, file, local-dir:PATH, hf-hub:org/name, none.")] = "openai",
     templates: Annotated[str, typer.Option("--templates", help="Prompt templates (prompts/ name or path).")] = "action_templates_v1",
     num_frames: Annotated[int, typer.Option("--num-frames", help="Frames per video.")] = 8,
     top_k: Annotated[int, typer.Option("--top-k", help="Labels shown per video.")] = 5,

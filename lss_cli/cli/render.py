@@ -25,3 +25,14 @@ def kv_table(title: str, rows: dict[str, Any]) -> Table:
     for k, v in rows.items():
         table.add_row(str(k), str(v))
     return table
+
+
+def text_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
+    """A table of ready-made strings, numbers right-aligned (`lss results compare`, the demo's
+    baseline-vs-trained table: both from `lss_cli.eval.compare`)."""
+    table = Table(title=title, title_justify="left")
+    for col in header:
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table

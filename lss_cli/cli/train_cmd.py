@@ -96,16 +96,44 @@ def train(
 @app.command("export", context_settings=CONTEXT)
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Run dir, its checkpoints/ dir, or a checkpoints/step_* dir.")],
-    out: Annotated[Path, typer.Option("--out", help="Output .safetensors file.")],
+    out: Annotated[Path, typer.Option("--out", help="Output .safetensors file; with --hub, the folder to write.")],
+    hub: Annotated[bool, flag("--hub", help="Write a Hugging Face Hub model folder: model.safetensors, config.json "
+                                            "and a model card (README.md); `lss push` uploads it.")] = False,
+    results: Annotated[list[Path] | None, typer.Option(
+        "--results", help="With --hub: results.json of `lss eval` (or a folder of them) for the card; repeatable "
+        "[default: the matching ones under runs/eval-*/].")] = None,
+    repo: Annotated[str | None, typer.Option("--repo", help="With --hub: the org/name the card's examples load [default: a placeholder, <org>/<name>].")] = None,
+    license_id: Annotated[str | None, typer.Option(
+        "--license", help="With --hub: the card's licence id [default: the base weights' licence, or other].")] = None,
+    overwrite: Overwrite = False,
     json_out: Json = False,
 ) -> None:
     """Export the teacher video encoder (+ CLIP's text side) for eval and predict.
 
-    Example: lss export runs/train/tiny --out tiny-video.safetensors
-    """
-    from lss_cli.models.artefact import export_teacher
+    Examples:
 
-    summary = export_teacher(checkpoint, out)
+        lss export runs/train/tiny --out tiny-video.safetensors
+
+        lss export runs/train/tiny --hub --out hub/tiny --results runs/eval-zero-shot --repo me/lss-tiny
+
+    --hub writes a folder in the Hub layout; results whose model id is this model's are put in the
+    card. --overwrite replaces an existing --hub folder.
+    """
     from lss_cli.cli.render import kv_table, print_json, stdout
 
+    if not hub:
+        if results or repo or license_id or overwrite:
+            from lss_cli.errors import ConfigError
+
+            raise ConfigError("--results, --repo, --license and --overwrite go with --hub", hint="add --hub")
+        from lss_cli.models.artefact import export_teacher
+
+        summary = export_teacher(checkpoint, out)
+    else:
+        from lss_cli.share import export_folder
+
+        summary = export_folder(checkpoint, out, results=results or [], repo=repo, licence=license_id,
+                                overwrite=overwrite)
+        if not json_out:
+            summary = {**summary, "results": len(summary["results"]), "files": ", ".join(summary["files"])}
     print_json(summary) if json_out else stdout.print(kv_table("Exported", summary))

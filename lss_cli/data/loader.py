@@ -171,17 +171,20 @@ class TrainClips(Dataset):
         frames, positions = self.reader(self.videos.path(index), lambda n: multiview_indices(n, v, g).all(),
                                         seek_mode=self.data_cfg.seek_mode, timeout=self.data_cfg.decode_timeout)
         h, w = frames.shape[-2:]  # frames: the union of all views' frames [U, 3, H, W]
-        out = []
+        # Each view is resized straight into its slot of the sample's tensors (no stack copy).
+        u8 = {"dtype": torch.uint8}
+        glob = torch.empty(v.global_views, v.global_frames, 3, v.global_size, v.global_size, **u8)  # [V_g, T_g, 3, G, G]
+        counts = local_frame_counts(v)
+        local: torch.Tensor | list[torch.Tensor]
+        if len(set(counts)) <= 1:  # same T for all local views (or none): one tensor
+            local = torch.empty(len(counts), counts[0] if counts else v.global_frames, 3, v.local_size, v.local_size, **u8)
+        else:
+            local = [torch.empty(t, 3, v.local_size, v.local_size, **u8) for t in counts]
         for i, rows in enumerate(positions):
             is_global = i < v.global_views
             scale, size = (v.global_scale, v.global_size) if is_global else (v.local_scale, v.local_size)
-            out.append(crop_resize(frames, random_resized_crop_box(h, w, scale, generator=g), size, rows))
-        glob = torch.stack(out[: v.global_views])  # [V_g, T_g, 3, G, G]
-        local = out[v.global_views:]
-        counts = local_frame_counts(v)
-        if len(set(counts)) <= 1:  # same T for all local views (or none): one tensor
-            local = torch.stack(local) if local else torch.zeros(0, counts[0] if counts else v.global_frames, 3,
-                                                                 v.local_size, v.local_size, dtype=torch.uint8)
+            box = random_resized_crop_box(h, w, scale, generator=g)
+            crop_resize(frames, box, size, rows, out=glob[i] if is_global else local[i - v.global_views])
         return glob, local
 
 

@@ -17,6 +17,7 @@ A run is paid per token and may be rate-limited or killed, so:
 The modules, from the bottom up:
 
 - `prompt`: versioned prompt templates (`prompts/*.yaml`) and how a class fills them in;
+- `bpe`: CLIP's BPE tokenizer reimplemented without torch: token counts for the 77-token check;
 - `replies`: a model reply -> the class's descriptions, or `InvalidReply` saying why not;
 - `client`: one chat-completion request against an OpenAI-compatible server, its errors sorted
   into retry / class / fatal (the only module importing `openai`);

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from lss_cli.describe.bpe import clip_token_counts
 
 CLIP_CONTEXT = 77  # tokens CLIP's text tower reads, start and end tokens included
 # CLIP's BPE never makes more tokens than a text has non-space bytes, so an ASCII text with at
@@ -31,15 +32,14 @@ class InvalidReply(Exception):
 class ClipLengthCheck:
     """Which texts are too long for CLIP's 77-token context.
 
-    Exact: long or non-ASCII texts are counted with open_clip's own BPE tokenizer (the one of
-    ViT-B-16 and most open_clip models), through `lss_cli.models.clip` (the only open_clip
-    importer), imported lazily and once. Short ASCII texts are cleared without it (see
-    `_SURELY_FITS_CHARS`), so runs whose replies are all short never pay for importing torch.
+    Exact: long or non-ASCII texts are counted with CLIP's BPE tokenizer (the one of ViT-B-16 and
+    most open_clip models) as `describe/bpe.py` implements it, without importing torch (open_clip
+    would take ~5 s to import); its vocabulary is read on first use. Short ASCII texts are cleared
+    without counting (see `_SURELY_FITS_CHARS`). `counter`: another counting function (tests).
     """
 
     def __init__(self, counter: Callable[[list[str]], list[int]] | None = None):
         self._counter = counter
-        self._lock = threading.Lock()
 
     def too_long(self, texts: list[str]) -> list[bool]:
         unsure = [i for i, t in enumerate(texts) if not surely_fits_clip(t)]
@@ -51,12 +51,7 @@ class ClipLengthCheck:
         return flags
 
     def _count(self) -> Callable[[list[str]], list[int]]:
-        with self._lock:  # one import, even when several workers need it at once
-            if self._counter is None:
-                from lss_cli.models.clip import clip_token_counts  # noqa: PLC0415 -- imports torch (seconds); short replies never need it
-
-                self._counter = clip_token_counts
-        return self._counter
+        return self._counter or clip_token_counts  # looked up per call: benchmarks swap it for the old one
 
 
 def surely_fits_clip(text: str) -> bool:

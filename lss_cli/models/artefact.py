@@ -5,8 +5,10 @@ An export (`lss export CKPT --out model.safetensors`) is self-contained: the tea
 the architecture. So a user can evaluate or predict anywhere without the original CLIP weights or
 the training state.
 
-`load_video_model(source)` accepts an exported file, a training checkpoint (a run dir, its
-`checkpoints/` dir or one `step_*` dir), or None = the plain CLIP frame-average baseline.
+`load_video_model(source)` accepts an exported file, an export folder (`lss export --hub`: the
+file as `model.safetensors` beside config.json and a model card), `hf-hub:org/name[@revision]` (such
+a folder on the Hugging Face Hub, through the local Hub cache), a training checkpoint (a run dir,
+its `checkpoints/` dir or one `step_*` dir), or None = the plain CLIP frame-average baseline.
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ from lss_cli.config import ModelConfig, TrainConfig, from_dict
 from lss_cli.errors import InputFileError, LssError
 from lss_cli.hashing import file_sha256
 from lss_cli.models.clip import Clip, load_clip
+from lss_cli.models.hub import is_hub_name, snapshot
 from lss_cli.models.video import build_video_encoder
-from lss_cli.runtime.checkpoint import load_checkpoint
+from lss_cli.runtime.checkpoint import Checkpoint, load_checkpoint
 from lss_cli.runtime.outputs import check_output, write_output
 from lss_cli.runtime.tensor_io import save_safetensors
 
 FORMAT = "lss-video-model/1"
+# An export folder (`lss export --hub`, the Hub repo layout): the export file and the config beside it.
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
 
 
 @dataclass
@@ -44,7 +50,12 @@ class VideoModel:
 def export_teacher(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
     """Write the teacher of a training checkpoint + CLIP's text side as one safetensors file."""
     out = check_output(out, "exported model")  # an unwritable --out fails before the checkpoint is read
-    ck = load_checkpoint(checkpoint)
+    summary = write_teacher(load_checkpoint(checkpoint), out)
+    return {k: summary[k] for k in ("out", "step", "tensors", "model")}
+
+
+def write_teacher(ck: Checkpoint, out: Path) -> dict[str, Any]:
+    """Write the export file of a loaded checkpoint; also returns the base CLIP's ids."""
     cfg = from_dict(TrainConfig, ck.meta["config"])
     clip = load_clip(cfg.model.name, cfg.model.pretrained, seed=cfg.run.seed)
     tensors = {f"video.{k}": v.contiguous() for k, v in ck.teacher.items()}
@@ -58,7 +69,9 @@ def export_teacher(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
         "image_size": str(clip.image_size),
     }
     write_output(out, lambda p: save_safetensors(p, tensors, meta), what="exported model")
-    return {"out": str(out), "step": ck.step, "tensors": len(tensors), "model": cfg.model.name}
+    return {"out": str(out), "step": ck.step, "tensors": len(tensors), "model": cfg.model.name,
+            "clip_weights_id": clip.weights_id, "clip_weights_source": clip.weights_source,
+            "image_size": clip.image_size, "embed_dim": clip.embed_dim}
 
 
 def _load_export(path: Path) -> VideoModel:
@@ -115,6 +128,8 @@ def load_video_model(source: str | Path | None, *, model: str = "ViT-B-16", pret
 
 
 def _load(source: str | Path | None, model: str, pretrained: str | None, seed: int) -> VideoModel:
+    if is_hub_name(source):
+        return _load_hub(str(source))
     if source is None or str(source).lower() in ("none", "baseline"):
         clip = load_clip(model, pretrained, seed=seed)
         # temporal="mean": no new parameters, exactly CLIP applied per frame then averaged.
@@ -123,7 +138,28 @@ def _load(source: str | Path | None, model: str, pretrained: str | None, seed: i
     path = Path(source)
     if path.is_file() and path.suffix == ".safetensors":
         return _load_export(path)
+    if is_export_folder(path):
+        return _load_export(path / MODEL_FILE)
     if path.exists():
         return _load_checkpoint(path)
     raise InputFileError(f"model not found: {path}",
-                         hint="pass an exported .safetensors, a run dir / checkpoint dir, or `none` for the baseline")
+                         hint="pass an exported .safetensors, an export folder, hf-hub:org/name, a run dir / "
+                              "checkpoint dir, or `none` for the baseline")
+
+
+def is_export_folder(path: Path) -> bool:
+    """A folder written by `lss export --hub`: model.safetensors and config.json (the demo's run dir
+    holds a model.safetensors too, but it is not a model folder)."""
+    return path.is_dir() and (path / MODEL_FILE).is_file() and (path / CONFIG_FILE).is_file()
+
+
+def _load_hub(name: str) -> VideoModel:
+    """An export folder from the Hub: same weights, same model id as the file it holds; the
+    source records the commit it came from."""
+    folder, pinned = snapshot(name)
+    if not (folder / MODEL_FILE).is_file():
+        raise InputFileError(f"{name} holds no {MODEL_FILE} (its snapshot: {folder})",
+                             hint="is it an lss video model? an open_clip model is named with --model / --pretrained")
+    vm = _load_export(folder / MODEL_FILE)
+    vm.source = pinned
+    return vm

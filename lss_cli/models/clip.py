@@ -2,7 +2,9 @@
 
 `pretrained` may be an open_clip tag (`openai`, `laion2b_s34b_b88k`, ...), a local weights file
 (`.safetensors`, `.bin`, `.pt`), a `local-dir:PATH` folder holding `open_clip_config.json` and
-weights, or None for random initialisation (seeded: the same seed gives the same weights).
+weights, `hf-hub:org/name[@rev]` (that repo's open_clip weights), or None for random
+initialisation (seeded: the same seed gives the same weights). The model name may itself be
+open_clip's `hf-hub:org/name[@rev]` (config and weights from the repo; `pretrained` ignored).
 
 Weights are identified by content (`Clip.weights_id`, `weights_content_id`): the sha256 of the
 loaded state dict, so a tag, a weights file (.safetensors or .bin), a compact file and a
@@ -35,6 +37,7 @@ from safetensors.torch import load_file
 
 from lss_cli.errors import ConfigError, InputFileError, LssError
 from lss_cli.hashing import file_sha256
+from lss_cli.models.hub import is_hub_name, snapshot
 from lss_cli.runtime.tensor_io import save_safetensors
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -46,6 +49,9 @@ LOCAL_DIR = "local-dir:"
 # command line and report are in the file's metadata); see lss_cli/train/pretrain.py.
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 BUILTIN_WEIGHTS = {(TINY_MODEL, "synthetic-world"): WEIGHTS_DIR / "lss-tiny-synthetic-world.safetensors"}
+# What an open_clip Hub repo holds (open_clip's hf-hub: loader reads these names, safetensors first).
+HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HUB_FILES = ["open_clip_config.json", *HUB_WEIGHTS]
 # Compact weights files store only the token-embedding rows a small model knows, plus their ids.
 VOCAB_KEY = "token_embedding.weight"
 ROWS_KEY = "token_embedding.rows"
@@ -73,6 +79,15 @@ class Clip:
 
 def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str]:
     """(open_clip model name, open_clip pretrained arg, weights source). Checks everything checkable."""
+    if is_hub_name(name):
+        # open_clip's `hf-hub:org/name` models (config + weights in one repo; `pretrained` is then
+        # ignored, as open_clip does). Fetched through models/hub.py (the Hub cache, HF_HUB_OFFLINE,
+        # @revision, errors naming the repo), then loaded as the local folder it is.
+        folder, source = snapshot(name, allow_patterns=HUB_FILES)
+        _hub_weights(folder, name)
+        if not (folder / "open_clip_config.json").is_file():
+            raise InputFileError(f"{name} has no open_clip_config.json", hint="an open_clip Hub model needs one")
+        return f"{LOCAL_DIR}{folder}", None, source
     if pretrained and pretrained.startswith(LOCAL_DIR):
         folder = Path(pretrained[len(LOCAL_DIR):]).expanduser()
         if not (folder / "open_clip_config.json").is_file():
@@ -88,6 +103,9 @@ def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str]:
                           + f"open_clip.list_models() lists them; {TINY_MODEL!r} is the tiny CPU model")
     if pretrained is None or pretrained.lower() in ("none", "random"):
         return name, None, "random-init"
+    if is_hub_name(pretrained):  # the weights file of an open_clip Hub repo, into the `name` architecture
+        folder, source = snapshot(pretrained, allow_patterns=HUB_FILES)
+        return name, str(_hub_weights(folder, pretrained)), source
     if (name, pretrained) in BUILTIN_WEIGHTS:
         return name, str(BUILTIN_WEIGHTS[name, pretrained]), f"{pretrained}:sha256:{file_sha256(BUILTIN_WEIGHTS[name, pretrained])}"
     path = Path(pretrained).expanduser()
@@ -104,6 +122,15 @@ def _resolve(name: str, pretrained: str | None) -> tuple[str, str | None, str]:
         raise ConfigError(f"{name!r} has no pretrained tag {pretrained!r}",
                           hint=f"known tags: {', '.join(tags) or 'none'}; or pass a local weights file")
     return name, pretrained, pretrained
+
+
+def _hub_weights(folder: Path, name: str) -> Path:
+    """The weights file of an open_clip Hub repo's snapshot (open_clip's own preference order)."""
+    for file in HUB_WEIGHTS:
+        if (folder / file).is_file():
+            return folder / file
+    raise InputFileError(f"{name} has no open_clip weights ({' or '.join(HUB_WEIGHTS)})",
+                         hint="is it an open_clip model repo? an lss video model is loaded with --checkpoint")
 
 
 @contextmanager
@@ -275,8 +302,9 @@ def check_model(name: str, pretrained: str | None) -> str:
 def clip_token_counts(texts: list[str]) -> list[int]:
     """Tokens each text takes in CLIP's text context (OpenAI BPE, start/end tokens included).
 
-    CLIP reads 77 tokens and silently drops the rest, so `lss describe` uses this to reject
-    descriptions that would be cut. It is the tokenizer of ViT-B-16 and most open_clip models.
+    CLIP reads 77 tokens and silently drops the rest. It is the tokenizer of ViT-B-16 and most
+    open_clip models. `lss describe` counts with `lss_cli.describe.bpe` instead, the same tokens
+    without importing torch; this is the reference its tests compare with.
     """
     tokenizer = _bpe_tokenizer()
     return [len(tokenizer.encode(t)) + 2 for t in texts]
@@ -285,3 +313,98 @@ def clip_token_counts(texts: list[str]) -> list[int]:
 @lru_cache(maxsize=1)
 def _bpe_tokenizer():
     return SimpleTokenizer()
+
+
+# The text tower over a trimmed context. open_clip's `encode_text` runs every text through the
+# whole context (77 positions), padding included. Under a causal attention mask a position sees
+# only itself and the positions before it, and the embedding is read at the end-of-text position,
+# so nothing after that position can change it: a batch run only up to its last end-of-text token
+# gives the same embeddings (to float rounding) at a fraction of the cost. Whether a tower is such
+# a tower is checked, not assumed: others (no causal mask, pooling at the first/last position or a
+# class token, Hugging Face towers) read the whole context as before.
+
+
+@dataclass(frozen=True)
+class _TextTower:
+    """The parts of open_clip's text forward, wherever the model keeps them."""
+
+    token_embedding: torch.nn.Module
+    positional_embedding: torch.Tensor  # [ctx, width]
+    transformer: torch.nn.Module  # open_clip.transformer.Transformer
+    attn_mask: torch.Tensor | None  # additive [ctx, ctx]
+    ln_final: torch.nn.Module
+    text_projection: torch.nn.Module | torch.Tensor | None
+    pool_type: str  # "argmax" (the highest token id: end-of-text in CLIP's BPE), "eos", "first", ...
+    eos_id: int | None
+
+
+def _text_tower(model: Any) -> _TextTower | str:
+    """The text tower's parts, or why its context cannot be trimmed exactly."""
+    if type(model).encode_text is open_clip.CLIP.encode_text:  # the text tower's parts sit on the model
+        tower, pool_type, eos_id = model, model.text_pool_type, getattr(model, "text_eos_id", None)
+    elif type(model).encode_text is open_clip.CustomTextCLIP.encode_text:  # they sit on model.text
+        tower = model.text
+        if type(tower).forward is not open_clip.transformer.TextTransformer.forward:
+            return f"its text tower is a {type(tower).__name__}, not open_clip's TextTransformer"
+        if getattr(tower, "cls_emb", None) is not None:
+            return "its text tower appends a class token and reads the embedding there"
+        if getattr(tower, "use_pad_mask", False):
+            return "its text tower masks padding (a bidirectional tower)"
+        pool_type, eos_id = tower.pool_type, getattr(tower, "eos_id", None)
+    else:
+        return f"{type(model).__name__} is not open_clip's CLIP or CustomTextCLIP"
+    if pool_type not in ("argmax", "eos"):
+        return f"it reads the text embedding at {pool_type!r}, not at the end-of-text token"
+    if not hasattr(tower.transformer, "batch_first"):  # older open_clip: encode_text permuted to [L, B, D]
+        return "this open_clip version's text transformer is not the one this forward is written for"
+    mask, n = tower.attn_mask, tower.positional_embedding.shape[0]
+    if mask is None:
+        return "its text transformer attends both ways (no causal mask)"
+    causal = torch.full((n, n), float("-inf")).triu(1)
+    if tuple(mask.shape) != (n, n) or not torch.equal(mask.detach().float().cpu(), causal):
+        return "its attention mask is not the causal mask"
+    return _TextTower(tower.token_embedding, tower.positional_embedding, tower.transformer, mask, tower.ln_final,
+                      tower.text_projection, pool_type, eos_id)
+
+
+def text_trim_refusal(model: Any) -> str | None:
+    """None when `encode_text_trimmed` is exact for `model` (a causal text transformer read at the
+    end-of-text token); otherwise why not, and texts must be encoded over the whole context."""
+    tower = _text_tower(model)
+    return tower if isinstance(tower, str) else None
+
+
+def _pool_positions(tower: _TextTower, tokens: torch.Tensor) -> torch.Tensor:
+    """`[N]` int64: the position each row's embedding is read at, as open_clip's pooling finds it."""
+    if tower.pool_type == "eos":
+        return (tokens == tower.eos_id).int().argmax(dim=-1)
+    return tokens.argmax(dim=-1)  # argmax: the first highest token id (end-of-text)
+
+
+def text_pool_positions(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """`[N]` int64: where each text's embedding is read (its end-of-text token), for a tower
+    `text_trim_refusal` accepts; a batch costs as much as its largest position."""
+    tower = _text_tower(model)
+    if isinstance(tower, str):
+        raise ValueError(f"the text context of {type(model).__name__} cannot be trimmed: {tower}")
+    return _pool_positions(tower, tokens)
+
+
+def encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text(tokens)` (`[B, D]`, not normalised), computed over the first L positions
+    only, L = the batch's last end-of-text position + 1. Raises ValueError for a tower where this
+    is not exact (`text_trim_refusal`)."""
+    tower = _text_tower(model)
+    if isinstance(tower, str):
+        raise ValueError(f"the text context of {type(model).__name__} cannot be trimmed: {tower}")
+    pos = _pool_positions(tower, tokens)  # [B]
+    length = int(pos.max()) + 1 if len(pos) else 1
+    cast = tower.transformer.get_cast_dtype()
+    x = tower.token_embedding(tokens[:, :length]).to(cast)  # [B, L, width]
+    x = x + tower.positional_embedding[:length].to(cast)
+    x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+    x = tower.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), pos]  # [B, width]
+    if isinstance(tower.text_projection, torch.nn.Linear):
+        return tower.text_projection(x)
+    return x if tower.text_projection is None else x @ tower.text_projection

@@ -19,7 +19,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lss_cli.concepts.bank import load_concept_bank
-from lss_cli.config import TrainConfig
+from lss_cli.config import ModelConfig, TrainConfig
+from lss_cli.errors import ConfigError
+from lss_cli.models.artefact import load_video_model
 from lss_cli.models.clip import Clip, load_clip
 from lss_cli.models.video import VideoEncoder, build_video_encoder
 from lss_cli.runtime.compile import maybe_compile
@@ -67,6 +69,26 @@ def load_clip_and_bank(cfg: TrainConfig) -> tuple[Clip, BankTensors]:
                   "description_owner": bank.description_owner}
 
 
+def start_from(student: VideoEncoder, model: ModelConfig, clip: Clip) -> None:
+    """Load the video encoder of a trained model (`model.init`: an export, hf-hub:org/name, a run
+    dir) into the freshly built student, e.g. to continue LSS on other videos. It must be the run's
+    architecture and have been trained against the run's CLIP weights: the concept bank and the
+    frozen text side come from those, and a video encoder trained against other text vectors would
+    start in another concept space."""
+    with torch.random.fork_rng(devices=[]):  # loading an architecture reseeds torch's generator
+        start = load_video_model(model.init)
+    what = f"model.init {model.init}"
+    if start.clip.name != model.name or start.clip.weights_id != clip.weights_id:
+        raise ConfigError(f"{what} was trained from {start.clip.name} weights {start.clip.weights_id}, but this run "
+                          f"uses {model.name} weights {clip.weights_id}",
+                          hint="set model.name / model.pretrained to the model's base CLIP (its export's config)")
+    try:
+        student.load_state_dict(start.encoder.state_dict())
+    except RuntimeError as e:
+        raise ConfigError(f"{what}: its video encoder does not fit {model.name} with temporal={model.temporal}: {e}",
+                          hint="set model.temporal to the one it was trained with") from None
+
+
 def build_components(cfg: TrainConfig, clip: Clip, bank: BankTensors, device: torch.device, *,
                      iters_per_epoch: int, accum: int = 1, dist: DistInfo | None = None,
                      compile_options: Mapping[str, str] | None = None) -> Components:
@@ -78,7 +100,10 @@ def build_components(cfg: TrainConfig, clip: Clip, bank: BankTensors, device: to
     `torch.compile` when `cfg.model.compile` (default: on CUDA) compiles the towers.
     """
     dist = dist or DistInfo()
-    student_raw = build_video_encoder(clip, cfg.model).to(device)
+    student_raw = build_video_encoder(clip, cfg.model)
+    if cfg.model.init:
+        start_from(student_raw, cfg.model, clip)
+    student_raw.to(device)
     teacher = copy.deepcopy(student_raw)
     teacher.requires_grad_(False)
     teacher.eval()  # no dropout / drop-path in the teacher
@@ -95,7 +120,8 @@ def build_components(cfg: TrainConfig, clip: Clip, bank: BankTensors, device: to
     options = dict(compile_options or {})
     autocast_dtype = default_autocast_dtype(device)
     header = {
-        "model": f"{cfg.model.name} ({clip.weights_source}), temporal={cfg.model.temporal}",
+        "model": f"{cfg.model.name} ({clip.weights_source}), temporal={cfg.model.temporal}"
+                 + (f", started from {cfg.model.init}" if cfg.model.init else ""),
         "params": f"{sum(p.numel() for p in student_raw.parameters()) / 1e6:.2f}M "
                   f"({sum(p.numel() for p in student_raw.temporal_parameters()) / 1e6:.2f}M temporal)",
         "views": f"{cfg.views.global_views}x{cfg.views.global_frames}x{cfg.views.global_size}px global + "
