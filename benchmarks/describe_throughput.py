@@ -4,10 +4,17 @@ The server (tests/fake_llm.py, in this process) answers every request after a fi
 (200 ms by default) with realistic-length descriptions (~90 characters, so the exact CLIP token
 check runs). The real CLI runs in a subprocess with the real openai client, as a user would run it.
 
-Old and new in the same run, interleaved, `--repeats` times each: *open_clip* counts tokens as
-`lss describe` did before (open_clip's tokenizer through `lss_cli.models.clip`, imported on the
-first long reply: torch and open_clip, seconds), *bpe* as it does now (`lss_cli.describe.bpe`,
-no torch). Prints the wall time of the whole command (medians), the ideal and the ratios.
+Three variants in the same run, interleaved, `--repeats` times each; each puts back one more of
+the code `lss describe` had before:
+
+- *now*: the code as it is;
+- *probe queue*: after the first reply settled how requests are sent, the workers that queued
+  behind that probe still sent one at a time, a full round trip each, before the pool filled;
+- *open_clip*: that, and tokens counted with open_clip's tokenizer (through
+  `lss_cli.models.clip`, imported with torch on the first long reply: seconds) instead of
+  `lss_cli.describe.bpe`.
+
+Prints the wall time of the whole command (medians), the ideal and the ratios.
 
     python benchmarks/describe_throughput.py [--concurrency 16] [--latency 0.2] [--per-class 10] [--repeats 3]
 """
@@ -33,11 +40,24 @@ PARTS = ("with both arms moving in a steady rhythm", "in a bright indoor space w
          "while holding the equipment firmly in the hands", "outdoors on a sunny day near some trees",
          "with knees bending and the torso leaning forward")
 
-# Runs the CLI as `python -m lss_cli` does; for "open_clip", with the token counter `lss describe`
-# used before: open_clip's tokenizer, imported (with torch) the first time a reply needs counting.
+# Runs the CLI as `python -m lss_cli` does, after putting back the old code the variant names
+# (sys.argv[1]: comma-separated, or "now").
 LAUNCH = """
-import runpy, sys
-if sys.argv[1] == "open_clip":
+import contextlib, runpy, sys
+old = set(sys.argv[1].split(","))
+if "probe_queue" in old:
+    import lss_cli.describe.calls as calls
+
+    @contextlib.contextmanager
+    def turn(self):  # RequestAdapter.turn as it was: a worker that waited for the probe kept the lock
+        if self._settled.is_set():
+            yield self.shape
+            return
+        with self._probe:
+            yield self.shape
+
+    calls.RequestAdapter.turn = turn
+if "open_clip" in old:
     import lss_cli.describe.replies as replies
 
     def open_clip_counts(texts):
@@ -49,16 +69,23 @@ sys.argv = ["lss"] + sys.argv[2:]
 runpy.run_module("lss_cli", run_name="__main__")
 """
 
+# variant -> (the old code it puts back, label)
+VARIANTS = {
+    "open_clip": ("open_clip,probe_queue", "before: open_clip count, probe queue"),
+    "probe_queue": ("probe_queue", "BPE count, probe queue"),
+    "now": ("now", "now: BPE count, pool fills at once"),
+}
+
 
 def realistic(category: str, i: int) -> str:
     return f"A person is {category} {PARTS[i % len(PARTS)]}, seen from angle {i + 1}."
 
 
-def run_once(counter: str, server: FakeLLM, args: argparse.Namespace) -> tuple[float, dict, int]:
+def run_once(variant: str, server: FakeLLM, args: argparse.Namespace) -> tuple[float, dict, int]:
     """(wall seconds of the whole command, its JSON summary, records written)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "descriptions.jsonl"
-        cmd = [sys.executable, "-c", LAUNCH, counter, "describe", "--labels", args.labels, "--out", str(out),
+        cmd = [sys.executable, "-c", LAUNCH, VARIANTS[variant][0], "describe", "--labels", args.labels, "--out", str(out),
                "--base-url", server.base_url, "--concurrency", str(args.concurrency),
                "--per-class", str(args.per_class), "--quiet", "--json"]
         env = {**os.environ, "OPENAI_API_KEY": "benchmark-key", "HF_HUB_OFFLINE": "1"}
@@ -66,7 +93,7 @@ def run_once(counter: str, server: FakeLLM, args: argparse.Namespace) -> tuple[f
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
         wall = time.perf_counter() - t0
         if r.returncode != 0:
-            sys.exit(f"lss describe ({counter}) failed ({r.returncode}):\n{r.stderr}")
+            sys.exit(f"lss describe ({variant}) failed ({r.returncode}):\n{r.stderr}")
         return wall, json.loads(r.stdout), out.read_text().count("\n")
 
 
@@ -86,27 +113,28 @@ def main() -> None:
     counted = sum(not surely_fits_clip(t) for t in sample)
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs; "
           f"{counted} of {len(sample)} descriptions of a class need the exact token count")
-    walls: dict[str, list[float]] = {"open_clip": [], "bpe": []}
-    inside: dict[str, list[float]] = {"open_clip": [], "bpe": []}
+    walls: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    inside: dict[str, list[float]] = {v: [] for v in VARIANTS}
     with FakeLLM(per_class=args.per_class, delay=args.latency, describe=realistic) as server:
         for r in range(args.repeats):
-            for counter in (("open_clip", "bpe") if r % 2 == 0 else ("bpe", "open_clip")):
-                wall, s, lines = run_once(counter, server, args)
-                walls[counter].append(wall)
-                inside[counter].append(s["wall_s"])
+            order = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
+            for variant in order:
+                wall, s, lines = run_once(variant, server, args)
+                walls[variant].append(wall)
+                inside[variant].append(s["wall_s"])
     ideal = s["calls"] * args.latency / args.concurrency
     print(f"lss describe: {s['done']} classes ({lines} records), {s['calls']} requests, "
           f"concurrency {args.concurrency}, server latency {args.latency * 1000:.0f} ms, {args.repeats} runs each")
     print(f"ideal (requests x latency / concurrency): {ideal:.2f} s")
     med = {k: statistics.median(v) for k, v in walls.items()}
-    for counter, label in (("open_clip", "before (open_clip count)"), ("bpe", "now (BPE, no torch)")):
-        print(f"{label:25s} whole command median {med[counter]:.2f} s "
-              f"({', '.join(f'{w:.2f}' for w in walls[counter])}); inside run_describe "
-              f"{statistics.median(inside[counter]):.2f} s; {med[counter] / ideal:.2f}x the ideal; "
-              f"{s['done'] / med[counter]:.1f} classes/s")
-    print(f"RESULT: now {med['open_clip'] / med['bpe']:.2f}x faster; {med['bpe'] / ideal:.2f}x the ideal "
-          f"(before {med['open_clip'] / ideal:.2f}x)")
-
+    for variant, (_, label) in VARIANTS.items():
+        print(f"{label:38s} whole command median {med[variant]:.2f} s "
+              f"({', '.join(f'{w:.2f}' for w in walls[variant])}); inside run_describe "
+              f"{statistics.median(inside[variant]):.2f} s; {med[variant] / ideal:.2f}x the ideal; "
+              f"{s['done'] / med[variant]:.1f} classes/s")
+    print(f"RESULT: now {med['now'] / ideal:.2f}x the ideal; {med['probe_queue'] / med['now']:.2f}x faster than "
+          f"with the probe queue ({med['probe_queue'] / ideal:.2f}x), {med['open_clip'] / med['now']:.2f}x than "
+          f"before ({med['open_clip'] / ideal:.2f}x)")
 
 if __name__ == "__main__":
     main()

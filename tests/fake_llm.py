@@ -8,6 +8,11 @@ Everything the server saw is kept in `requests`, so tests can count calls exactl
 `refuse` makes the server answer like OpenAI does for its reasoning models: HTTP 400 for any
 request sending `max_tokens` ("max_tokens") or a `temperature` other than 1 ("temperature"), with
 OpenAI's error bodies. Such a refusal uses up no scripted action.
+
+`max_in_flight` is the most requests the server held at once (arrived, latency not yet over).
+`gather` checks that a client really sends that many at once: every request but the first is
+held until `gather` are in flight together (at most `gather_timeout` seconds; a client that never
+gets there is answered late, and `max_in_flight` says how far it got).
 """
 
 from __future__ import annotations
@@ -108,6 +113,8 @@ class FakeLLM:
     completion_tokens: int = 10
     describe: Callable[[str, int], str] = default_description
     refuse: tuple[str, ...] = ()  # keys of REFUSALS: parameters answered with HTTP 400, like OpenAI's reasoning models
+    gather: int = 0  # > 1: hold every request but the first until this many are in flight at once
+    gather_timeout: float = 10.0  # seconds a request is held at most for `gather`
 
     def __post_init__(self) -> None:
         self.requests: list[Seen] = []
@@ -116,10 +123,14 @@ class FakeLLM:
         self._release = threading.Event()
         self._script = {k: list(v) for k, v in self.script.items()}
         self._server: ThreadingHTTPServer | None = None
+        self.max_in_flight = 0  # the most requests held at once (arrived, latency not yet over)
+        self._in_flight = 0
+        self._arrived = 0
+        self._changed = threading.Condition(self._lock)  # notified when `_in_flight` grows
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> FakeLLM:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = _Server(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -156,6 +167,22 @@ class FakeLLM:
             queue = self._script.get(seen.category or "")
             return queue.pop(0) if queue else self.default
 
+    def _hold(self) -> None:
+        """One request arrived: count it in flight and, for `gather`, wait for the others."""
+        with self._changed:
+            self._in_flight += 1
+            self._arrived += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+            self._changed.notify_all()
+            if self.gather > 1 and self._arrived > 1:
+                self._changed.wait_for(lambda: self.max_in_flight >= self.gather or self._stop.is_set(),
+                                       self.gather_timeout)
+
+    def _done(self) -> None:
+        """Counted out before the reply goes out, so a client never sees a reply still counted."""
+        with self._lock:
+            self._in_flight -= 1
+
     def _refusal(self, body: dict) -> Status | None:
         """The 400 for the first refused parameter this request sends (max_tokens first, as OpenAI)."""
         if "max_tokens" in self.refuse and "max_tokens" in body:
@@ -187,9 +214,18 @@ def _category(body: dict) -> str | None:
     return match.group(1) if match else None
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog is 5: a client opening 16 connections at once gets some of
+    # them dropped and retried by TCP a second later. Real servers listen with a long backlog.
+    request_queue_size = 128
+
+
 def _handler_for(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like real servers
+        # TCP_NODELAY, like real servers: the headers and the body go out in two writes, and with
+        # Nagle's algorithm the body waits for the client's delayed ACK (~40 ms on every reply).
+        disable_nagle_algorithm = True
 
         def log_message(self, *args) -> None:  # quiet
             pass
@@ -200,8 +236,12 @@ def _handler_for(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 return self._send(404, {"error": {"message": f"no route {self.path}"}})
             seen = Seen(_category(body), time.monotonic(), self.headers.get("Authorization"), body)
             action = fake._next_action(seen)
-            if fake.delay:
-                time.sleep(fake.delay)
+            fake._hold()
+            try:
+                if fake.delay:
+                    time.sleep(fake.delay)
+            finally:
+                fake._done()
             self._act(action, body, seen.category)
 
         def _act(self, action: Action, body: dict, category: str | None) -> None:

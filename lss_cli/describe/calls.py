@@ -89,8 +89,18 @@ class RequestAdapter:
         if self._settled.is_set():
             yield self.shape
             return
-        with self._probe:
+        self._probe.acquire()
+        if self._settled.is_set():
+            # Settled while this worker waited: let the next waiter in at once. Holding the lock
+            # for the request would send the workers queued behind the probe one by one, a full
+            # round trip each (15 of them at concurrency 16: seconds before the pool fills).
+            self._probe.release()
             yield self.shape
+            return
+        try:
+            yield self.shape
+        finally:
+            self._probe.release()
 
     def settle(self) -> None:
         self._settled.set()

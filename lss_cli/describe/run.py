@@ -274,6 +274,10 @@ class DescribeRun:
         self.request = RequestAdapter(cfg.temperature)
         self._tasks: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._results: queue.SimpleQueue[_Result] = queue.SimpleQueue()
+        # At most `concurrency` classes asked and not yet written: the main thread decides when the
+        # run stops (e.g. after the first EARLY_FAILURES_STOP failures), and a worker must not run
+        # ahead of it by more than that, however slowly the main thread writes.
+        self._slots = threading.Semaphore(cfg.concurrency)
 
     def run(self) -> None:
         """Ask for every class of the plan's todo list; return when all are written (or the run stopped)."""
@@ -289,6 +293,7 @@ class DescribeRun:
             self._collect(len(workers))
         except BaseException as e:  # Ctrl-C or a bug: stop the workers, keep what already arrived
             self.stop.set()
+            self._slots.release(len(workers))  # wake the workers waiting for a slot: they see the stop
             self._drain()
             if isinstance(e, KeyboardInterrupt):
                 warn(f"interrupted: the {self.tally.done} classes finished by this run are saved in "
@@ -317,6 +322,9 @@ class DescribeRun:
         """A worker thread: ask for classes until none are left or the run stops."""
         try:
             while not self.stop.is_set():
+                self._slots.acquire()  # released by the main thread once an outcome is written
+                if self.stop.is_set():
+                    break
                 try:
                     category = self._tasks.get_nowait()
                 except queue.Empty:
@@ -344,6 +352,9 @@ class DescribeRun:
                 if isinstance(item, BaseException):
                     raise item
                 self._handle(item)
+                # One slot back per written outcome; all of them once the run stops, so that no
+                # worker keeps waiting for one.
+                self._slots.release(n_workers if self.stop.is_set() else 1)
                 t = self.tally
                 bar.update(task, completed=t.done + len(t.failed), failed=len(t.failed),
                            tokens=t.prompt_tokens + t.completion_tokens)
