@@ -27,12 +27,16 @@ def encode_video(frames: torch.Tensor, path: str | Path, fps: float, crf: int | 
     """Write uint8 frames `[T, 3, H, W]` to `path`; the container follows the suffix (.mp4, .avi, .mkv).
 
     `codec` picks an FFmpeg encoder (default: the container's); `extra_options` are passed to it,
-    e.g. `{"g": 60}` for a keyframe every 60 frames."""
+    e.g. `{"g": 60}` for a keyframe every 60 frames. The encoder runs on one thread unless
+    `extra_options` says otherwise: x264's output depends on its thread count (by default one per
+    core, so the same frames gave other files on other machines) and, with several threads, was
+    seen to differ between two encodes of the same frames on a loaded machine (tests/test_synth.py)."""
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
         raise ValueError(f"expected uint8 frames [T, 3, H, W], got {tuple(frames.shape)} {frames.dtype}")
     encoder = VideoEncoder(frames.contiguous(), frame_rate=fps)
     kwargs = {"crf": crf} if crf is not None and Path(path).suffix in (".mp4", ".mkv") else {}
-    encoder.to_file(str(path), pixel_format="yuv420p", codec=codec, extra_options=extra_options, **kwargs)
+    options = {"threads": "1", **(extra_options or {})}
+    encoder.to_file(str(path), pixel_format="yuv420p", codec=codec, extra_options=options, **kwargs)
 
 
 def open_video(path: str | Path, device: str = "cpu", num_threads: int = 1,
