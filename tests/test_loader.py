@@ -272,8 +272,11 @@ def test_eval_loader_shards_real_batches(synth_dataset):
 @pytest.mark.parametrize("size", [32, 64])  # downscale and upscale
 def test_default_eval_view_is_clip_preprocessing(tmp_path, size):
     """Single view = CLIP's eval transform per frame: frames at segment centres, short side to the
-    model size (bicubic, antialias), centre crop, mean/std (open_clip's own transform as reference,
-    PIL bicubic vs torch's uint8 bicubic: within 1 grey level)."""
+    model size (bicubic, antialias), centre crop, mean/std (open_clip's own transform as reference).
+    PIL's and torch's uint8 bicubic are both two separable passes rounded to uint8 in between; an
+    intermediate value one level apart goes through the second pass's weights (absolute sum at most
+    ~1.14 for the a = -0.5 kernel) and the final rounding, so they may differ by up to 2 grey levels
+    (one content showed only 1, which this test once asserted), and rarely: the mean stays tiny."""
     import open_clip
     from PIL import Image
 
@@ -292,7 +295,7 @@ def test_default_eval_view_is_clip_preprocessing(tmp_path, size):
     for t, f in enumerate(segment_indices(11, 4).tolist()):
         ref = preprocess(Image.fromarray(decoded[f].permute(1, 2, 0).numpy()))
         diff = ((ours[t] - ref) * torch.tensor(STD).view(3, 1, 1) * 255).abs()
-        assert diff.max() <= 1.01, diff.max()  # bilinear would be ~10 levels off
+        assert diff.max() <= 2.01, diff.max()  # bilinear would be ~10 levels off
         assert diff.mean() < 0.05
 
 

@@ -69,8 +69,9 @@ def test_wandb_offline_logs_every_numeric_field_and_keeps_one_run_id(tmp_path, m
     with MetricsWriter(tmp_path / "metrics.jsonl", wandb=run) as m:
         m.write({"step": 2, "loss": 2.0, "lr": 0.05})
     assert (tmp_path / WANDB_ID_FILE).read_text().strip() == run_id
+    # Two W&B runs started in the same second get a "-1" folder suffix: the id is in the run file's name.
     runs = sorted(tmp_path.glob("wandb/offline-run-*"))
-    assert len(runs) == 2 and all(p.name.endswith("-" + run_id) for p in runs)
+    assert len(runs) == 2 and all((p / f"run-{run_id}.wandb").is_file() for p in runs), [p.name for p in runs]
     rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in wandb_history(tmp_path)]
     assert rows == [{"step": 1, "loss": 2.5, "lr": 0.1}, {"step": 2, "loss": 2.25, "lr": 0.05},
                     {"step": 2, "loss": 2.0, "lr": 0.05}]
