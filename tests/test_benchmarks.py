@@ -62,6 +62,17 @@ def test_cache_save_benchmark_small(tmp_path):
     assert row["save_s"] > 0 and row["load_s"] > 0
 
 
+def test_decode_floor_benchmark_quick(tmp_path):
+    """The sparse-decode prototype runs, gives today's frames (the script stops otherwise) and skips
+    only non-reference pictures nobody asked for."""
+    result = _run("decode_floor.py", "--quick", "--out", str(tmp_path / "clips"), tmp_path=tmp_path)
+    assert result["identical"] is True
+    assert result["union_frames"] < result["packets_sent"] < 300  # the union, its references, nothing else
+    assert result["reference_packets_sent"] < result["packets_sent"]  # the wanted non-reference pictures
+    for key in ("today", "floor", "naive", "sparse", "packets_all", "packets_refs", "crop_new", "crop_old"):
+        assert result[key] > 0
+
+
 # ---- FLOP counting -----------------------------------------------------------------------------
 
 
