@@ -180,9 +180,10 @@ def test_frame0_statistics_do_not_separate_classes(tmp_path):
 
 def test_deterministic_for_a_seed(tmp_path):
     """What we generate is a function of the seed: the rendered clips, the lists and the video files
-    are identical (the files once differed, rarely and under load, while x264 ran on several
-    threads; it runs on one now, see `encode_video`)."""
-    spec = SynthSpec(classes=2, videos_per_class=2, frames=4, size=32, seed=7)
+    are identical. The files were not, with x264's lossy encoding: two generations of this set in
+    one process differed in 10-20 of its 24 clips (the demo's set: 161 of 192), even with x264 on
+    one thread; synthetic clips are encoded lossless now (`generate`)."""
+    spec = SynthSpec(classes=2, videos_per_class=12, seed=7)  # the demo's frames and size
     for c, motion in enumerate(MOTIONS[:2]):
         for i in range(2):
             a = render_clip(motion, spec, clip_generator(spec, c, i))
@@ -190,13 +191,15 @@ def test_deterministic_for_a_seed(tmp_path):
     a, b = generate(tmp_path / "a", spec), generate(tmp_path / "b", spec)
     assert a == {**b, "root": a["root"]}
     assert (tmp_path / "a" / "train.txt").read_text() == (tmp_path / "b" / "train.txt").read_text()
-    other = generate(tmp_path / "c", SynthSpec(classes=2, videos_per_class=2, frames=4, size=32, seed=8))
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.mp4"))
+    assert len(files) == 24
+    differ = [str(f) for f in files if (tmp_path / "a" / f).read_bytes() != (tmp_path / "b" / f).read_bytes()]
+    assert differ == []
+    other = generate(tmp_path / "c", SynthSpec(classes=2, videos_per_class=12, seed=8))
     assert other["train"] == a["train"]
-    for line in (tmp_path / "a" / "train.txt").read_text().splitlines():
-        rel = line.rsplit(" ", 1)[0]
-        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
-        va, vc = (decode_all(tmp_path / d / rel).float() for d in "ac")
-        assert (va - vc).abs().mean() > 10, rel  # another seed: other clips
+    for f in files[:4]:
+        va, vc = (decode_all(tmp_path / d / f).float() for d in "ac")
+        assert (va - vc).abs().mean() > 10, f  # another seed: other clips
 
 
 @pytest.mark.parametrize("kwargs", [dict(classes=1), dict(classes=11), dict(size=33), dict(frames=1),

@@ -18,8 +18,8 @@ frame-order-invariant model (a frame average, for one) gives a clip and its mate
 features and is at chance on the direction; only a model of time order can beat it. `pairs.txt`
 lists the pairs for `lss eval`'s direction accuracy.
 
-Clips are written as real video files through torchcodec's encoder, so the demo and the tests
-exercise the same decoding path as real datasets, with no downloads.
+Clips are written as real video files through torchcodec's encoder (H.264, lossless), so the demo
+and the tests exercise the same decoding path as real datasets, with no downloads.
 """
 
 from __future__ import annotations
@@ -295,7 +295,10 @@ def generate(out_dir: str | Path, spec: SynthSpec) -> dict:
         for i in range(spec.videos_per_class):
             rel = f"videos/{folder.name}/{folder.name}_{i:03d}.mp4"
             frames = render_clip(motion, spec, clip_generator(spec, c, i))
-            encode_video(frames, out / rel, fps=spec.fps)
+            # Lossless (crf 0): x264's lossy output was seen to change between two encodes of the
+            # same frames in one process (161 of the demo's 192 clips, even on one thread), which
+            # moved the demo's numbers from run to run; lossless files are identical every time.
+            encode_video(frames, out / rel, fps=spec.fps, crf=0)
             # The split depends on i alone, so clip i and its reversal land in the same split.
             (test if i >= spec.videos_per_class - n_test else train).append(f"{rel} {c}")
     names = [m.name for m in motions]

@@ -29,8 +29,10 @@ def encode_video(frames: torch.Tensor, path: str | Path, fps: float, crf: int | 
     `codec` picks an FFmpeg encoder (default: the container's); `extra_options` are passed to it,
     e.g. `{"g": 60}` for a keyframe every 60 frames. The encoder runs on one thread unless
     `extra_options` says otherwise: x264's output depends on its thread count (by default one per
-    core, so the same frames gave other files on other machines) and, with several threads, was
-    seen to differ between two encodes of the same frames on a loaded machine (tests/test_synth.py)."""
+    core, so the same frames gave other files on other machines). Even on one thread, x264's lossy
+    output (crf > 0) was seen to differ between two encodes of the same frames in one process
+    (most of the demo's clips, by up to 41 grey levels once decoded); `crf=0` (lossless) gives
+    identical files every time, which is what `lss_cli.data.synth` uses."""
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
         raise ValueError(f"expected uint8 frames [T, 3, H, W], got {tuple(frames.shape)} {frames.dtype}")
     encoder = VideoEncoder(frames.contiguous(), frame_rate=fps)
