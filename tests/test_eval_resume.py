@@ -266,3 +266,53 @@ def _entries(cache_dir: Path) -> list:
     (path,) = cache_dir.glob("features-*.safetensors")
     with safe_open(str(path), framework="pt") as f:
         return json.loads(f.metadata()["rows"])
+
+
+def test_a_killed_worker_is_named_and_the_finished_videos_kept(zs_model, eight, tmp_path, monkeypatch):
+    """A data-loading worker killed (the kernel's out-of-memory killer, most often) used to surface as
+    an "unexpected RuntimeError, probably a bug"; now it is named, with what to do, and the videos
+    finished before it are in the cache. The worker dies only once the 3rd batch has been asked
+    for, so the death surfaces where it is waited for (PyTorch's SIGCHLD handler could raise it anywhere)."""
+    import time
+
+    import lss_cli.data.loader as loader
+    from lss_cli.errors import LssError
+
+    asked, calls = tmp_path / "asked", []
+    plain_item, plain_build = loader.EvalClips.__getitem__, features.build_eval_loader
+
+    def item(self, index):
+        calls.append(index)
+        if len(calls) == 5:  # the first video of the 3rd batch of 2, inside the worker
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (asked.exists() and asked.read_text() == "3"):
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return plain_item(self, index)
+
+    class Asking:
+        """The loader, writing how many batches were asked for before each fetch."""
+
+        def __init__(self, dl):
+            self.dl, self.n = dl, 0
+
+        def __getattr__(self, name):
+            return getattr(self.dl, name)
+
+        def __iter__(self):
+            it = iter(self.dl)
+            while True:
+                self.n += 1
+                asked.write_text(str(self.n))
+                try:
+                    yield next(it)
+                except StopIteration:
+                    return
+
+    monkeypatch.setattr(loader.EvalClips, "__getitem__", item)
+    monkeypatch.setattr(features, "build_eval_loader", lambda *a, **k: Asking(plain_build(*a, **k)))
+    with pytest.raises(LssError) as e:
+        extract_features(zs_model, eight, VIEWS, cache_dir=tmp_path / "cache", batch_size=2, num_workers=1)
+    assert e.value.message.startswith("a data-loading process died: DataLoader worker (pid")
+    assert "out-of-memory" in e.value.hint and "a rerun encodes only the videos not yet in the feature cache" in e.value.hint
+    assert _on_disk(tmp_path / "cache", zs_model) == _paths(eight, range(4))

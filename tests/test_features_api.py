@@ -54,6 +54,25 @@ def test_lss_features_writes_the_eval_features_of_a_list(synth_dataset, tmp_path
     torch.testing.assert_close(two["features"], two["view_features"].mean(1))
 
 
+def test_torchrun_features_are_written_once_and_equal_one_process(synth_dataset, tmp_path):
+    """Under torchrun the ranks share the list and rank 0 alone writes and reports (each rank used to
+    encode the whole list, write the file and print its summary)."""
+    args = ["features", "--dataset", "synthetic", "--root", str(synth_dataset), "--model", "lss-tiny", "--pretrained",
+            "none", "--device", "cpu", "--num-frames", "2", "num_workers=0"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "lss_cli", *args,
+                        f"cache_dir={tmp_path / 'cache2'}", "-o", str(tmp_path / "ddp.safetensors")],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("Features written") == 1, r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache2", "ddp.safetensors"]  # no temp file left
+    cfg = EvalConfig(dataset="synthetic", root=str(synth_dataset), model="lss-tiny", pretrained=None, num_frames=2,
+                     num_workers=0, cache_dir=str(tmp_path / "cache1"), device="cpu")
+    single = export_features(cfg, tmp_path / "one.safetensors")
+    ddp, one = load_features(tmp_path / "ddp.safetensors"), load_features(single["out"])
+    assert ddp["meta"] == one["meta"] and ddp["labels"].tolist() == one["labels"].tolist()
+    torch.testing.assert_close(ddp["features"], one["features"])
+
+
 def test_encode_video_from_a_file_or_its_frames_is_what_eval_computes(synth_dataset, tiny):
     videos = load_dataset("synthetic", synth_dataset, "test")
     path = videos.path(0)

@@ -249,3 +249,79 @@ def test_no_readable_training_video_is_an_anticipated_error(unreadable, tmp_path
     first = unreadable / (unreadable / "train.txt").read_text().split()[0]
     assert _said(r, f"none of the 16 training videos could be read (first: {first}: ")
     assert _said(r, "lss data check")
+
+
+# --------------------------------------------------------------------------------------------
+# A data-loading worker killed (the kernel's out-of-memory killer does it without a word)
+# --------------------------------------------------------------------------------------------
+
+
+class _DiesAt(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> int:
+        if i == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return i
+
+
+def test_a_killed_worker_is_named_and_other_errors_are_not():
+    from lss_cli.data.loader import stop_workers, worker_death
+
+    # Plain ints (no tensors): a tensor sent just before the death would come as a ConnectionResetError.
+    it = iter(torch.utils.data.DataLoader(_DiesAt(), num_workers=1, collate_fn=lambda batch: batch))
+    try:
+        with pytest.raises(RuntimeError) as e:
+            list(it)
+    finally:
+        stop_workers(it)  # else PyTorch raises the death again at the next SIGCHLD, anywhere
+    died = worker_death(e.value, "then rerun")
+    assert died is not None and died.message.startswith("a data-loading process died: DataLoader worker (pid")
+    assert "out-of-memory" in died.hint and died.hint.endswith("then rerun")
+    assert worker_death(RuntimeError("CUDA error: device-side assert triggered"), "x") is None
+    assert worker_death(ValueError("DataLoader worker"), "x") is None
+
+
+def test_training_whose_worker_is_killed_saves_its_steps_and_says_what_happened(data, tmp_path, monkeypatch):
+    """The model is intact when only its data feed dies while the step waits for a batch: the
+    finished steps are saved (they used to be lost to an "unexpected RuntimeError, probably a bug")
+    and the error says how to go on. The worker dies only once the training has asked for the 4th
+    batch, so the death surfaces where it waits (PyTorch's SIGCHLD handler could raise it anywhere)."""
+    from lss_cli.config import load_config
+    from lss_cli.data import loader
+    from lss_cli.errors import LssError
+
+    asked = tmp_path / "asked"  # how many batches the training has asked for
+    plain_item, plain_iter = loader.TrainClips.__getitem__, loader.TrainLoader.__iter__
+    calls = []
+
+    def item(self, key):
+        calls.append(key)
+        if len(calls) == 13:  # the first sample of the 4th batch of 4, inside the worker
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (asked.exists() and asked.read_text() == "4"):
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return plain_item(self, key)
+
+    class Asking:
+        def __init__(self, it):
+            self.it, self.n = it, 0
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            self.n += 1
+            asked.write_text(str(self.n))
+            return next(self.it)
+
+    monkeypatch.setattr(loader.TrainClips, "__getitem__", item)
+    monkeypatch.setattr(loader.TrainLoader, "__iter__", lambda self: Asking(plain_iter(self)))
+    args = _args(data, "data.num_workers=1", "log.save_every=100", f"run.output_dir={tmp_path / 'run'}")
+    with pytest.raises(LssError) as e:
+        loop.train(load_config(TrainConfig, args[0], args[1:]))
+    assert e.value.message.startswith("a data-loading process died: DataLoader worker (pid")
+    assert f"lss train {tmp_path / 'run'} --resume" in e.value.hint
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*")) == ["step_00000003"]

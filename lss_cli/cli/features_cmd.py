@@ -71,6 +71,8 @@ def features(
              "num_crops": num_crops, "device": device}
     cfg = load_config(EvalConfig, path, overrides, flags=flags)
     summary = export_features(cfg, out, split=split, part=part)
+    if not summary.pop("is_main"):  # under torchrun, rank 0 reports
+        return
     from lss_cli.cli.render import kv_table, print_json, stdout
 
     print_json(summary) if json_out else stdout.print(kv_table("Features written", summary))

@@ -229,6 +229,32 @@ def _warn_bad(path: str, reason: str) -> None:
     warn(f"unreadable video replaced by another: {path} ({reason})")
 
 
+def is_worker_death(error: BaseException) -> bool:
+    """PyTorch reports a dead DataLoader worker as a RuntimeError "DataLoader worker (pid ...) ...",
+    from the fetch that waited for it or from its SIGCHLD handler, wherever the main thread was."""
+    return isinstance(error, RuntimeError) and str(error).startswith("DataLoader worker")
+
+
+def worker_death(error: BaseException, then: str) -> LssError | None:
+    """A DataLoader worker that died, as a readable error (`then`: what the user can do next), or
+    None for any other error. The usual killer is the kernel's out-of-memory killer, which says nothing."""
+    if not is_worker_death(error):
+        return None
+    why = str(error).strip().rstrip(".")
+    return LssError(f"a data-loading process died: {why}",
+                    hint="most often the kernel's out-of-memory killer (see `dmesg`): lower data.num_workers or "
+                         f"data.batch_size, or give the job more memory; {then}")
+
+
+def stop_workers(iterator) -> None:
+    """Shut a DataLoader iterator's workers down now. After a worker died, PyTorch's SIGCHLD handler
+    raises again for it at the next child-process signal, wherever the program is, until its
+    iterator is shut down; `_shutdown_workers` is private but present in every torch 2.x."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
 def _loader_kwargs(num_workers: int) -> dict:
     kw = {"num_workers": num_workers, "pin_memory": torch.cuda.is_available()}
     if num_workers > 0:

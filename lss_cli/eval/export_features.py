@@ -31,6 +31,7 @@ from lss_cli.eval.protocols import load_split, split_names
 from lss_cli.eval.results import DEFAULT_CACHE_DIR
 from lss_cli.models.artefact import load_video_model
 from lss_cli.runtime.device import resolve_device
+from lss_cli.runtime.dist import cleanup, init_distributed, is_distributed
 from lss_cli.runtime.outputs import check_output, write_output
 from lss_cli.runtime.tensor_io import save_safetensors
 
@@ -41,33 +42,48 @@ PARTS = ("test", "train")
 def export_features(cfg: EvalConfig, out: str | Path, *, split: str | None = None, part: str = "test") -> dict[str, Any]:
     """Encode one list (`cfg`'s dataset, `split` (default: its first) and `part`) with `cfg`'s
     model and views, kind `cfg.features`, and write the features file `out` atomically. Returns
-    a summary: out, videos, unreadable, dim, views, kind, model_id, decoded."""
+    a summary: out, videos, unreadable, dim, views, kind, model_id, decoded, is_main.
+
+    Under `torchrun` every rank encodes its shard of the list, the features are gathered, and
+    rank 0 alone writes the file (`is_main` says which rank this is), as `lss eval` does."""
     if part not in PARTS:
         raise ConfigError(f"--part must be test or train, got {part!r}")
-    out = check_output(out, "features file")  # an unwritable --out fails before any video is decoded
-    split = split if split is not None else split_names(cfg)[0]
-    videos = load_split(cfg, str(split), part)
     device = resolve_device(cfg.device)
-    model = load_video_model(cfg.checkpoint, model=cfg.model, pretrained=cfg.pretrained, device=device, seed=cfg.seed)
-    views = Views(cfg.num_frames, cfg.num_clips, cfg.num_crops)
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE_DIR
-    compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    feats = extract_features(model, videos, views, kind=cfg.features, cache_dir=cache_dir, batch_size=cfg.batch_size,
-                             num_workers=cfg.num_workers, device=device, desc=f"features {cfg.dataset}",
-                             compile=compile)
-    tensors = {"features": feats.feats.mean(1).float().contiguous(),
-               "labels": torch.as_tensor(videos.labels, dtype=torch.int64), "ok": feats.ok.clone()}
-    if views.count > 1:
-        tensors["view_features"] = feats.feats.float().contiguous()
-    meta = {"format": FORMAT, "model_id": model.model_id, "checkpoint": model.source, "kind": cfg.features,
-            "views": json.dumps({**views.__dict__, "count": views.count, "image_size": model.clip.image_size}),
-            "dataset": cfg.dataset, "split": str(split), "part": part, "source": videos.source,
-            "root": str(videos.root), "paths": json.dumps([videos.relpath(i) for i in range(len(videos))]),
-            "classes": json.dumps(list(videos.classes)), "errors": json.dumps({str(i): e for i, e in feats.errors.items()})}
-    write_output(out, lambda p: save_safetensors(p, tensors, meta), what="features file")
-    return {"out": str(out), "videos": len(videos), "unreadable": len(feats.errors),
-            "dim": int(tensors["features"].shape[1]), "views": views.count, "kind": cfg.features,
-            "model_id": model.model_id, "decoded": feats.decoded}
+    owns_group = not is_distributed()  # a caller's own process group is left as it was
+    dist = init_distributed(device.type)
+    if dist.distributed and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    try:
+        # An unwritable --out fails before any video is decoded.
+        out = check_output(out, "features file") if dist.is_main else Path(out)
+        split = split if split is not None else split_names(cfg)[0]
+        videos = load_split(cfg, str(split), part)
+        model = load_video_model(cfg.checkpoint, model=cfg.model, pretrained=cfg.pretrained, device=device,
+                                 seed=cfg.seed)
+        views = Views(cfg.num_frames, cfg.num_clips, cfg.num_crops)
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE_DIR
+        compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+        feats = extract_features(model, videos, views, kind=cfg.features, cache_dir=cache_dir,
+                                 batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=device,
+                                 desc=f"features {cfg.dataset}", compile=compile)
+        tensors = {"features": feats.feats.mean(1).float().contiguous(),
+                   "labels": torch.as_tensor(videos.labels, dtype=torch.int64), "ok": feats.ok.clone()}
+        if views.count > 1:
+            tensors["view_features"] = feats.feats.float().contiguous()
+        meta = {"format": FORMAT, "model_id": model.model_id, "checkpoint": model.source, "kind": cfg.features,
+                "views": json.dumps({**views.__dict__, "count": views.count, "image_size": model.clip.image_size}),
+                "dataset": cfg.dataset, "split": str(split), "part": part, "source": videos.source,
+                "root": str(videos.root), "paths": json.dumps([videos.relpath(i) for i in range(len(videos))]),
+                "classes": json.dumps(list(videos.classes)),
+                "errors": json.dumps({str(i): e for i, e in feats.errors.items()})}
+        if dist.is_main:
+            write_output(out, lambda p: save_safetensors(p, tensors, meta), what="features file")
+        return {"out": str(out), "videos": len(videos), "unreadable": len(feats.errors),
+                "dim": int(tensors["features"].shape[1]), "views": views.count, "kind": cfg.features,
+                "model_id": model.model_id, "decoded": feats.decoded, "is_main": dist.is_main}
+    finally:
+        if owns_group:
+            cleanup()
 
 
 def load_features(path: str | Path) -> dict[str, Any]:

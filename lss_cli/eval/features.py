@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
-from lss_cli.data.loader import build_eval_loader, make_eval_views
+from lss_cli.data.loader import build_eval_loader, make_eval_views, stop_workers, worker_death
 from lss_cli.eval.cache import FeatureCache, Row
 from lss_cli.eval.forward import EvalForward
 from lss_cli.runtime.dist import barrier, is_distributed
@@ -160,8 +160,9 @@ def _encode_batches(model, videos, views: Views, kind: str, *, batch_size: int, 
             bar.advance(task, len(rows))
             return rows
 
+        batches = iter(loader)
         try:
-            for batch in loader:
+            for batch in batches:
                 x = make_eval_views(batch, views.num_crops, size, model.clip.mean, model.clip.std, device)  # [B, V, T, 3, S, S]
                 B, V = x.shape[:2]
                 z = forward(x.flatten(0, 1)).float().view(B, V, -1)  # [B, V, D]
@@ -175,6 +176,10 @@ def _encode_batches(model, videos, views: Views, kind: str, *, batch_size: int, 
             if pending is not None:
                 yield deliver(pending)  # computed before the failure: keep it (the consumer caches it)
             raise
+        finally:
+            # Now, not when the iterator is collected: after a worker died, PyTorch raises its death
+            # again at the next child-process signal, wherever the program is, until then.
+            stop_workers(batches)
         if pending is not None:
             yield deliver(pending)
 
@@ -233,11 +238,16 @@ def _encode_missing(model, videos, keys: list[str], cache: FeatureCache | None, 
                 checkpoint.added(len(batch))
             if world > 1:
                 checkpoint.flush()  # this shard is safe even if the gather never returns
-        except BaseException:
+        except BaseException as e:
             checkpoint.flush_on_error()
-            if cache is not None and local and rank == 0:
+            kept = cache is not None and local
+            if kept and rank == 0:
                 log(f"stopped: the features of the {len(local)} video(s) finished{' on rank 0' if world > 1 else ''} "
                     f"are in the cache ({cache.path.parent}); a rerun encodes only the rest")
+            died = worker_death(e, "a rerun encodes only the videos not yet in the feature cache" if kept
+                                else "then rerun")
+            if died is not None:
+                raise died from None
             raise
     return _gather(local)
 

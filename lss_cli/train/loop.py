@@ -33,7 +33,7 @@ import torch
 from rich.progress import Progress, TaskID, TextColumn
 
 from lss_cli.config import TrainConfig, dump_yaml, to_dict
-from lss_cli.data.loader import TrainLoader, build_train_loader
+from lss_cli.data.loader import TrainLoader, build_train_loader, stop_workers, worker_death
 from lss_cli.errors import LssError
 from lss_cli.runtime.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
 from lss_cli.runtime.device import resolve_device
@@ -128,10 +128,16 @@ def _batches(t: Trainer) -> Iterator[dict[str, Any]]:
             return
         except LssError as e:  # the loader gave up on unreadable videos (maybe inside a worker)
             raise explain_loader_failure(t.loader.dataset.videos, e, t.cfg.data.decode_timeout) from None
-        except RuntimeError:
+        except RuntimeError as e:
             if t.stop_requested:
                 return
-            raise
+            died = worker_death(e, f"`lss train {t.run_dir} --resume` continues from the last checkpoint")
+            if died is None:
+                raise
+            stop_workers(it)
+            if t.dist.world_size == 1 and t.step > t.first_step:
+                _save(t)  # the model is intact, only its data feed died: keep every finished step
+            raise died from None
 
 
 def _reduce_parts(parts: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -380,6 +386,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 **_throughput(t), "skipped_videos": t.loader.skipped_total,
                 "checkpoint": str(latest_checkpoint(t.run_dir / "checkpoints")),
                 **(t.evaluator.summary() if t.evaluator is not None else {})}
+    except RuntimeError as e:
+        # PyTorch's SIGCHLD handler can raise a worker's death anywhere in the step (even inside the
+        # optimizer's update), so nothing is saved here; `_batches` saves when it surfaces there.
+        died = worker_death(e, "`lss train RUN --resume` continues from the last checkpoint" if t is None else
+                            f"`lss train {t.run_dir} --resume` continues from the last checkpoint")
+        if died is None:
+            raise
+        if t is not None:
+            stop_workers(getattr(t.loader, "_iterator", None))  # persistent workers: the loader holds it
+        raise died from None
     except KeyboardInterrupt:
         if t is None or not t.stop_requested:  # Ctrl-C before the loop took over the stop signals
             kept = "the run's checkpoints are unchanged; continue with --resume" if cfg.run.resume else "nothing was saved"
