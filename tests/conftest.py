@@ -40,6 +40,32 @@ def run_lss(*args: str, cwd: Path | str | None = None, env: dict | None = None, 
                           capture_output=True, text=True, timeout=timeout, input=input)
 
 
+def die_when_asked(asked: Path, count: int) -> None:
+    """Inside a DataLoader worker: wait until the main process has asked for batch `count` (see
+    `counting_batches`), then die the way the kernel's out-of-memory killer kills (SIGKILL). The
+    death then surfaces where the main process waits for data, not at a random point (PyTorch's
+    SIGCHLD handler raises it wherever the main thread is when the signal comes)."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (asked.exists() and asked.read_text() == str(count)):
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def counting_batches(loader, asked: Path):
+    """Iterate `loader`, writing to `asked` how many batches have been asked for before each fetch."""
+    it, n = iter(loader), 0
+    while True:
+        n += 1
+        asked.write_text(str(n))
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+
+
 def make_train_data(root: Path) -> Path:
     """16 training clips of 4 classes (24 videos: 6 per class) and their concept bank in `root`
     (tiny model, seed 0): the inputs of the short training runs."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_lss
+from conftest import counting_batches, die_when_asked, run_lss
 
 import lss_cli.eval.features as features
 from lss_cli.data.datasets import load_dataset
@@ -273,8 +273,6 @@ def test_a_killed_worker_is_named_and_the_finished_videos_kept(zs_model, eight, 
     an "unexpected RuntimeError, probably a bug"; now it is named, with what to do, and the videos
     finished before it are in the cache. The worker dies only once the 3rd batch has been asked
     for, so the death surfaces where it is waited for (PyTorch's SIGCHLD handler could raise it anywhere)."""
-    import time
-
     import lss_cli.data.loader as loader
     from lss_cli.errors import LssError
 
@@ -284,30 +282,20 @@ def test_a_killed_worker_is_named_and_the_finished_videos_kept(zs_model, eight, 
     def item(self, index):
         calls.append(index)
         if len(calls) == 5:  # the first video of the 3rd batch of 2, inside the worker
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not (asked.exists() and asked.read_text() == "3"):
-                time.sleep(0.01)
-            os.kill(os.getpid(), signal.SIGKILL)
+            die_when_asked(asked, 3)
         return plain_item(self, index)
 
     class Asking:
-        """The loader, writing how many batches were asked for before each fetch."""
+        """The loader, counting the batches asked for (`counting_batches`)."""
 
         def __init__(self, dl):
-            self.dl, self.n = dl, 0
+            self.dl = dl
 
         def __getattr__(self, name):
             return getattr(self.dl, name)
 
         def __iter__(self):
-            it = iter(self.dl)
-            while True:
-                self.n += 1
-                asked.write_text(str(self.n))
-                try:
-                    yield next(it)
-                except StopIteration:
-                    return
+            return counting_batches(self.dl, asked)
 
     monkeypatch.setattr(loader.EvalClips, "__getitem__", item)
     monkeypatch.setattr(features, "build_eval_loader", lambda *a, **k: Asking(plain_build(*a, **k)))

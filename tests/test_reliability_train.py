@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, make_train_data, run_lss
+from conftest import ROOT, counting_batches, die_when_asked, make_train_data, run_lss
 
 from lss_cli.config import TrainConfig
 from lss_cli.train import loop
@@ -299,26 +299,11 @@ def test_training_whose_worker_is_killed_saves_its_steps_and_says_what_happened(
     def item(self, key):
         calls.append(key)
         if len(calls) == 13:  # the first sample of the 4th batch of 4, inside the worker
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not (asked.exists() and asked.read_text() == "4"):
-                time.sleep(0.01)
-            os.kill(os.getpid(), signal.SIGKILL)
+            die_when_asked(asked, 4)
         return plain_item(self, key)
 
-    class Asking:
-        def __init__(self, it):
-            self.it, self.n = it, 0
-
-        def __iter__(self):
-            return self
-
-        def __next__(self):
-            self.n += 1
-            asked.write_text(str(self.n))
-            return next(self.it)
-
     monkeypatch.setattr(loader.TrainClips, "__getitem__", item)
-    monkeypatch.setattr(loader.TrainLoader, "__iter__", lambda self: Asking(plain_iter(self)))
+    monkeypatch.setattr(loader.TrainLoader, "__iter__", lambda self: counting_batches(plain_iter(self), asked))
     args = _args(data, "data.num_workers=1", "log.save_every=100", f"run.output_dir={tmp_path / 'run'}")
     with pytest.raises(LssError) as e:
         loop.train(load_config(TrainConfig, args[0], args[1:]))
