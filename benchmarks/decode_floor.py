@@ -244,12 +244,13 @@ class SparseVideo:
     picture). `open` returns None where the plain case does not hold, `decode` None where the
     stream does not behave as planned."""
 
-    def __init__(self, refs: H264Refs, demuxer: torch.Tensor, stream: int, pts: list[int], time_base: tuple[int, int]):
+    def __init__(self, refs: H264Refs, demuxer: torch.Tensor, stream: int, display: list[int], pts: list[int],
+                 time_base: tuple[int, int]):
         self.refs, self.demuxer, self.stream, self.time_base = refs, demuxer, stream, time_base
         self.num_frames = len(pts)
         # Frame i is the i-th packet in presentation order, as VideoDecoder numbers them; the
         # sample table gives that order for the packets in the order the demuxer returns them.
-        self.display = sorted(range(self.num_frames), key=refs.composition.__getitem__)  # frame -> packet
+        self.display = display  # [frame] -> packet number
         self.pts = pts  # [frame] in the stream's time base, sorted (the demuxer's scan)
 
     @classmethod
@@ -270,29 +271,29 @@ class SparseVideo:
         keys = sorted(display[i] for i in torch.nonzero(is_key).flatten().tolist())
         if len(shift) != 1 or keys != refs.sync:
             return None
-        return cls(refs, demuxer, stream, pts_list, (num, den))
+        return cls(refs, demuxer, stream, display, pts_list, (num, den))
 
-    def _plan(self, union: list[int]) -> tuple[set[int], dict[int, int]]:
+    def plan(self, union: list[int]) -> tuple[set[int], set[int]]:
         """Packets to send, and for each GOP with a wanted frame the last of them (where the codec
         is drained: the next GOP starts with an IDR picture and needs nothing from this one)."""
         wanted = {self.display[i] for i in union}
         bounds = self.refs.sync + [self.num_frames]
         send: set[int] = set()
-        drain_after: dict[int, int] = {}
+        drain_after: set[int] = set()
         for start, end in zip(bounds[:-1], bounds[1:], strict=True):
             mine = [p for p in wanted if start <= p < end]
             if not mine:
                 continue
             last = max(mine)  # references precede, in decode order, the pictures predicted from them
             send.update(p for p in range(start, last + 1) if p in wanted or self.refs.is_reference[p])
-            drain_after[last] = start
+            drain_after.add(last)
         return send, drain_after
 
     def decode(self, union: list[int]) -> torch.Tensor | None:
         """uint8 frames `[U, 3, H, W]` at the sorted, distinct frame indices `union`, or None."""
         num, den = self.time_base
         slot = {float(self.pts[i]) * num / den: k for k, i in enumerate(union)}  # as the codec reports pts
-        send, drain_after = self._plan(union)
+        send, drain_after = self.plan(union)
         decoder = ops._blocks_create_packet_decoder(self.demuxer, stream_index=self.stream, num_threads=1,
                                                      device="cpu")
         converter = ops._blocks_create_color_converter(device="cpu", output_dtype="uint8")
@@ -393,9 +394,10 @@ def measure(paths: list[Path], rounds: int) -> dict:
             raise SystemExit(f"{path}: not a plain H.264 MP4 with closed GOPs")
         union_t, positions = union_indices(_pick(video.num_frames, views, r))
         union = union_t.tolist()
-        keys = sorted(video.display.index(s) for s in video.refs.sync)  # keyframes' frame indices
+        frame_of = {p: i for i, p in enumerate(video.display)}
+        keys = sorted(frame_of[s] for s in video.refs.sync)  # keyframes' frame indices
         gop_ends = [k - 1 for k in keys[1:]] + [video.num_frames - 1]
-        send, _ = video._plan(union)
+        send, _ = video.plan(union)
         sent.append(len(send))
         refs_sent.append(sum(video.refs.is_reference[p] for p in send))
         union_sizes.append(len(union))

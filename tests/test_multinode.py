@@ -246,3 +246,20 @@ def test_batch_script_stops_requeues_and_resumes(tmp_path, small_data, script):
     assert calls.read_text().count("requeue") == 1  # the finished run is not requeued
     assert sorted(_metrics(run)) == list(range(1, 25))
     assert load_checkpoint(run).step == 24
+
+
+def test_cleanup_leaves_a_callers_own_process_group_alone(tmp_path):
+    """`lss_cli.api.export_features` inside a user's DDP program: our cleanup used to destroy the
+    user's process group; it destroys only the one init_distributed made."""
+    import torch.distributed as dist
+
+    from lss_cli.runtime.dist import cleanup, init_distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        init_distributed("cpu")
+        cleanup()
+        assert dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -229,16 +229,12 @@ def _warn_bad(path: str, reason: str) -> None:
     warn(f"unreadable video replaced by another: {path} ({reason})")
 
 
-def is_worker_death(error: BaseException) -> bool:
-    """PyTorch reports a dead DataLoader worker as a RuntimeError "DataLoader worker (pid ...) ...",
-    from the fetch that waited for it or from its SIGCHLD handler, wherever the main thread was."""
-    return isinstance(error, RuntimeError) and str(error).startswith("DataLoader worker")
-
-
 def worker_death(error: BaseException, then: str) -> LssError | None:
     """A DataLoader worker that died, as a readable error (`then`: what the user can do next), or
-    None for any other error. The usual killer is the kernel's out-of-memory killer, which says nothing."""
-    if not is_worker_death(error):
+    None for any other error. PyTorch reports a dead worker as a RuntimeError "DataLoader worker
+    (pid ...) ...", from the fetch that waited for it or from its SIGCHLD handler, wherever the main
+    thread was. The usual killer is the kernel's out-of-memory killer, which says nothing."""
+    if not (isinstance(error, RuntimeError) and str(error).startswith("DataLoader worker")):
         return None
     why = str(error).strip().rstrip(".")
     return LssError(f"a data-loading process died: {why}",

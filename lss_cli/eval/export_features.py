@@ -31,7 +31,7 @@ from lss_cli.eval.protocols import load_split, split_names
 from lss_cli.eval.results import DEFAULT_CACHE_DIR
 from lss_cli.models.artefact import load_video_model
 from lss_cli.runtime.device import resolve_device
-from lss_cli.runtime.dist import cleanup, init_distributed, is_distributed
+from lss_cli.runtime.dist import cleanup, init_distributed
 from lss_cli.runtime.outputs import check_output, write_output
 from lss_cli.runtime.tensor_io import save_safetensors
 
@@ -49,7 +49,6 @@ def export_features(cfg: EvalConfig, out: str | Path, *, split: str | None = Non
     if part not in PARTS:
         raise ConfigError(f"--part must be test or train, got {part!r}")
     device = resolve_device(cfg.device)
-    owns_group = not is_distributed()  # a caller's own process group is left as it was
     dist = init_distributed(device.type)
     if dist.distributed and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
@@ -82,8 +81,7 @@ def export_features(cfg: EvalConfig, out: str | Path, *, split: str | None = Non
                 "dim": int(tensors["features"].shape[1]), "views": views.count, "kind": cfg.features,
                 "model_id": model.model_id, "decoded": feats.decoded, "is_main": dist.is_main}
     finally:
-        if owns_group:
-            cleanup()
+        cleanup()  # only a process group init_distributed created
 
 
 def load_features(path: str | Path) -> dict[str, Any]:

@@ -36,11 +36,14 @@ def is_distributed() -> bool:
 # A CPU (gloo) group for small host-side votes beside an NCCL default group; None = the default
 # group (already gloo on CPU). Set by init_distributed.
 _host_group = None
+# Whether init_distributed created the process group: cleanup() destroys only that one, so a
+# caller's own group (lss_cli.api inside a user's DDP program) outlives our functions.
+_owns_group = False
 
 
 def init_distributed(device_type: str) -> DistInfo:
     """Initialise the process group when launched by torchrun; otherwise a no-op."""
-    global _host_group
+    global _host_group, _owns_group
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
@@ -49,6 +52,7 @@ def init_distributed(device_type: str) -> DistInfo:
         if backend == "nccl":
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)
+        _owns_group = True
         _host_group = dist.new_group(backend="gloo") if backend == "nccl" else None
     return info
 
@@ -77,7 +81,8 @@ def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def cleanup() -> None:
-    global _host_group
-    if is_distributed():
+    """Destroy the process group init_distributed created (none, or a caller's own: left alone)."""
+    global _host_group, _owns_group
+    if _owns_group and is_distributed():
         dist.destroy_process_group()  # (every group, the host group included)
-    _host_group = None
+    _host_group, _owns_group = None, False

@@ -131,13 +131,17 @@ def _batches(t: Trainer) -> Iterator[dict[str, Any]]:
         except RuntimeError as e:
             if t.stop_requested:
                 return
-            died = worker_death(e, f"`lss train {t.run_dir} --resume` continues from the last checkpoint")
+            died = worker_death(e, _resume_hint(t))
             if died is None:
                 raise
             stop_workers(it)
             if t.dist.world_size == 1 and t.step > t.first_step:
                 _save(t)  # the model is intact, only its data feed died: keep every finished step
             raise died from None
+
+
+def _resume_hint(t: Trainer) -> str:
+    return f"`lss train {t.run_dir} --resume` continues from the last checkpoint"
 
 
 def _reduce_parts(parts: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -389,12 +393,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     except RuntimeError as e:
         # PyTorch's SIGCHLD handler can raise a worker's death anywhere in the step (even inside the
         # optimizer's update), so nothing is saved here; `_batches` saves when it surfaces there.
-        died = worker_death(e, "`lss train RUN --resume` continues from the last checkpoint" if t is None else
-                            f"`lss train {t.run_dir} --resume` continues from the last checkpoint")
+        died = worker_death(e, _resume_hint(t)) if t is not None else None  # no worker runs before setup ends
         if died is None:
             raise
-        if t is not None:
-            stop_workers(getattr(t.loader, "_iterator", None))  # persistent workers: the loader holds it
+        stop_workers(getattr(t.loader, "_iterator", None))  # persistent workers: the loader holds it
         raise died from None
     except KeyboardInterrupt:
         if t is None or not t.stop_requested:  # Ctrl-C before the loop took over the stop signals
