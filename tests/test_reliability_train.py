@@ -294,7 +294,7 @@ def test_training_whose_worker_is_killed_saves_its_steps_and_says_what_happened(
 
     asked = tmp_path / "asked"  # how many batches the training has asked for
     plain_item, plain_iter = loader.TrainClips.__getitem__, loader.TrainLoader.__iter__
-    calls = []
+    calls, loaders = [], []
 
     def item(self, key):
         calls.append(key)
@@ -302,11 +302,19 @@ def test_training_whose_worker_is_killed_saves_its_steps_and_says_what_happened(
             die_when_asked(asked, 4)
         return plain_item(self, key)
 
+    def counting(self):
+        loaders.append(self)
+        return counting_batches(plain_iter(self), asked)
+
     monkeypatch.setattr(loader.TrainClips, "__getitem__", item)
-    monkeypatch.setattr(loader.TrainLoader, "__iter__", lambda self: counting_batches(plain_iter(self), asked))
+    monkeypatch.setattr(loader.TrainLoader, "__iter__", counting)
     args = _args(data, "data.num_workers=1", "log.save_every=100", f"run.output_dir={tmp_path / 'run'}")
     with pytest.raises(LssError) as e:
         loop.train(load_config(TrainConfig, args[0], args[1:]))
     assert e.value.message.startswith("a data-loading process died: DataLoader worker (pid")
     assert f"lss train {tmp_path / 'run'} --resume" in e.value.hint
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*")) == ["step_00000003"]
+    # The workers are shut down at once (PyTorch would otherwise raise the death again at a later
+    # child-process signal): the DataLoader's own iterator, not the generator `iter(loader)` returns.
+    (train_loader,) = loaders
+    assert train_loader._iterator is not None and train_loader._iterator._shutdown

@@ -214,6 +214,11 @@ class TrainLoader(DataLoader):
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
+    def shutdown_workers(self) -> None:
+        """Shut the persistent workers down now (see `stop_workers`). `iter(self)` is the generator
+        below, not PyTorch's iterator: the workers belong to the one DataLoader keeps in `_iterator`."""
+        stop_workers(self._iterator)
+
     def __iter__(self):
         for batch in super().__iter__():
             self.skipped_total += batch["skipped"]

@@ -240,7 +240,7 @@ def _encode_missing(model, videos, keys: list[str], cache: FeatureCache | None, 
                 checkpoint.flush()  # this shard is safe even if the gather never returns
         except BaseException as e:
             checkpoint.flush_on_error()
-            kept = cache is not None and local
+            kept = cache is not None and bool(local)
             if kept and rank == 0:
                 log(f"stopped: the features of the {len(local)} video(s) finished{' on rank 0' if world > 1 else ''} "
                     f"are in the cache ({cache.path.parent}); a rerun encodes only the rest")

@@ -33,7 +33,7 @@ import torch
 from rich.progress import Progress, TaskID, TextColumn
 
 from lss_cli.config import TrainConfig, dump_yaml, to_dict
-from lss_cli.data.loader import TrainLoader, build_train_loader, stop_workers, worker_death
+from lss_cli.data.loader import TrainLoader, build_train_loader, worker_death
 from lss_cli.errors import LssError
 from lss_cli.runtime.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
 from lss_cli.runtime.device import resolve_device
@@ -134,7 +134,7 @@ def _batches(t: Trainer) -> Iterator[dict[str, Any]]:
             died = worker_death(e, _resume_hint(t))
             if died is None:
                 raise
-            stop_workers(it)
+            t.loader.shutdown_workers()
             if t.dist.world_size == 1 and t.step > t.first_step:
                 _save(t)  # the model is intact, only its data feed died: keep every finished step
             raise died from None
@@ -396,7 +396,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         died = worker_death(e, _resume_hint(t)) if t is not None else None  # no worker runs before setup ends
         if died is None:
             raise
-        stop_workers(getattr(t.loader, "_iterator", None))  # persistent workers: the loader holds it
+        t.loader.shutdown_workers()
         raise died from None
     except KeyboardInterrupt:
         if t is None or not t.stop_requested:  # Ctrl-C before the loop took over the stop signals
